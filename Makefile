@@ -1,0 +1,55 @@
+# urna — the two commands a newcomer needs are `make up` and `make test`.
+# Everything else here is what those two are made of.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip1
+MODULE_DIR := target/$(WASM_TARGET)/wasm
+SAMPLE_VOTES := locust/data/sample-votes.jsonl
+
+.PHONY: up test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module
+
+## up: install what is missing, build, start the local stack, run the pipeline on sample votes
+up: bootstrap modules stack-up demo-module
+
+## test: install what is missing, then every test against the real local stack
+test: bootstrap lint modules
+	scripts/test.sh
+
+bootstrap:
+	scripts/bootstrap.sh
+
+## modules: the vote modules for wasm32-wasip1 (vote.wasm command, vote_module.wasm reactor)
+modules:
+	$(CARGO) build -p vote-module --target $(WASM_TARGET) --profile wasm
+	@ls -l $(MODULE_DIR)/vote.wasm $(MODULE_DIR)/vote_module.wasm
+
+build:
+	$(CARGO) build --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p vote-module --target $(WASM_TARGET) -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+demo-module:
+	@echo "== vote.wasm on $(SAMPLE_VOTES) (node:wasi) =="
+	node --no-warnings wasm-modules/tools/run-node-wasi.mjs $(MODULE_DIR)/vote.wasm < $(SAMPLE_VOTES)
+
+stack-up:
+	stack/up.sh
+
+stack-down:
+	stack/down.sh
+
+stack-status:
+	stack/status.sh
+
+## clean: stop the stack and remove its data (caches in .cache/ stay; `rm -rf .cache` for those)
+clean:
+	-stack/down.sh
+	rm -rf .stack

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test suite against the real local stack. Called by `make test` after the
+# modules are built. Starts the stack if it is not running and stops it again on exit
+# (also when a test fails); a stack that was already running is left running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started_stack=0
+if ! stack/status.sh --quiet; then
+  stack/up.sh
+  started_stack=1
+fi
+cleanup() {
+  local rc=$?
+  if [ "$started_stack" = 1 ] || [ "${CI:-}" = "true" ]; then
+    stack/down.sh || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+echo "== cargo test (unit, property and integration tests) =="
+cargo test --workspace --no-fail-fast
+
+echo "== stack supervision tests (pytest) =="
+python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
+set +e
+python3 -m pytest stack/tests -q
+rc=$?
+set -e
+# pytest's 5 means it collected no test: a broken test layout, not a pass.
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$rc"

@@ -1,0 +1,138 @@
+//! The Kafka record: one schema (`protos/urna/v1/vote.proto`) for producers and consumer.
+
+use crate::{Ballot, Vote, VoteError};
+
+mod proto {
+    include!(concat!(env!("OUT_DIR"), "/urna.v1.rs"));
+}
+
+pub use proto::{Source, VoteRecord};
+
+/// Stamps a valid vote with the producer's id, name and clock.
+pub fn accept(vote: &Vote, id: uuid::Uuid, source: Source, accepted_at_micros: i64) -> VoteRecord {
+    VoteRecord {
+        id: id.hyphenated().to_string(),
+        name: vote.band.name.to_owned(),
+        album: vote.album.title.to_owned(),
+        year: vote.year(),
+        rank: u32::from(vote.rank.get()),
+        source: source as i32,
+        accepted_at_micros,
+    }
+}
+
+impl Source {
+    /// The name used in Redis keys, Mongo documents and JSON (`grpc` / `wasm`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Unspecified => "unspecified",
+            Source::Grpc => "grpc",
+            Source::Wasm => "wasm",
+        }
+    }
+}
+
+/// Checks a decoded record as strictly as a vote: a consumer must not count a record
+/// that no producer could have written (a poison record goes to the dead-letter topic).
+pub fn check_record(record: &VoteRecord, ballot: &Ballot) -> Result<(), VoteError> {
+    let id = uuid::Uuid::try_parse(&record.id)
+        .map_err(|e| VoteError::invalid("id", format!("id is not a UUID: {e}")))?;
+    if id.get_version_num() != 7 {
+        return Err(VoteError::invalid("id", "id is not a UUID v7"));
+    }
+    let band = ballot
+        .band(&record.name)
+        .filter(|b| b.name == record.name)
+        .ok_or_else(|| VoteError::invalid("name", "band is not on the ballot"))?;
+    let album = band
+        .album(&record.album)
+        .filter(|a| a.title == record.album)
+        .ok_or_else(|| VoteError::invalid("album", "album is not on the ballot"))?;
+    if album.year != record.year {
+        return Err(VoteError::invalid("year", "year does not match the ballot"));
+    }
+    if crate::Rank::new(i64::from(record.rank)).is_none() {
+        return Err(VoteError::invalid("rank", "rank out of range"));
+    }
+    match Source::try_from(record.source) {
+        Ok(Source::Grpc | Source::Wasm) => Ok(()),
+        _ => Err(VoteError::invalid("source", "unknown source")),
+    }
+}
+
+/// The JSON view of a record (what the command module prints, what logs show).
+pub fn record_json(record: &VoteRecord) -> serde_json::Value {
+    let source = Source::try_from(record.source).unwrap_or(Source::Unspecified);
+    serde_json::json!({
+        "id": record.id,
+        "name": record.name,
+        "album": record.album,
+        "year": record.year,
+        "rank": record.rank,
+        "source": source.label(),
+        "accepted_at": crate::time::rfc3339_micros(record.accepted_at_micros),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    fn sample() -> VoteRecord {
+        let vote = crate::parse_vote(
+            br#"{"name":"alux nahual","album":"conquista","year":"1982","rank":"7"}"#,
+            &Ballot::builtin(),
+        )
+        .expect("valid");
+        let id = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+        accept(&vote, id, Source::Wasm, 1_700_000_000_123_456)
+    }
+
+    #[test]
+    fn accepted_record_carries_ballot_spelling_and_stamps() {
+        let record = sample();
+        assert_eq!(record.name, "Alux Nahual");
+        assert_eq!(record.album, "Conquista");
+        assert_eq!((record.year, record.rank), (1982, 7));
+        assert_eq!(record.id, "01900000-0000-7000-8000-000000000001");
+        assert_eq!(record.source(), Source::Wasm);
+        assert_eq!(check_record(&record, &Ballot::builtin()), Ok(()));
+    }
+
+    #[test]
+    fn record_round_trips_through_protobuf() {
+        let record = sample();
+        let decoded = VoteRecord::decode(record.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(decoded, record);
+    }
+
+    #[test]
+    fn json_view_has_rfc3339_time_and_source_label() {
+        let json = record_json(&sample());
+        assert_eq!(json["accepted_at"], "2023-11-14T22:13:20.123456Z");
+        assert_eq!(json["source"], "wasm");
+        assert_eq!(json["year"], 1982);
+    }
+
+    #[test]
+    fn check_record_rejects_what_no_producer_writes() {
+        let ballot = Ballot::builtin();
+        let mut r = sample();
+        r.rank = 11;
+        assert_eq!(
+            check_record(&r, &ballot).map_err(|e| e.field().map(str::to_owned)),
+            Err(Some("rank".into()))
+        );
+        let mut r = sample();
+        r.name = "alux nahual".into(); // records carry the ballot's spelling only
+        assert!(check_record(&r, &ballot).is_err());
+        let mut r = sample();
+        r.source = 0;
+        assert!(check_record(&r, &ballot).is_err());
+        let mut r = sample();
+        r.id = "not-a-uuid".into();
+        assert!(check_record(&r, &ballot).is_err());
+    }
+}
