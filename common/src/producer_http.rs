@@ -1,0 +1,334 @@
+//! The producer HTTP API of the design contract, identical for both producers:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /votes`, valid vote | `202 {"id": "…"}` after Kafka acknowledged the record |
+//! | malformed JSON / wrong types | `400 {"error", "field"}` |
+//! | valid JSON, invalid vote | `422 {"error", "field"}` |
+//! | body over 16 KiB | `413` |
+//! | content type not JSON | `415` |
+//! | Kafka unreachable or ack timed out | `503` + `Retry-After` |
+//! | too many requests in flight | `429` |
+//! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus text |
+//!
+//! Every error has a JSON body `{"error": "...", "field": ... | null}`. What differs
+//! between the producers is only the [`VoteBackend`] behind `POST /votes`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use urna_vote::MAX_BODY_BYTES;
+
+/// HTTP front settings shared by both producers (flattened into their settings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// `URNA_MAX_IN_FLIGHT`: requests handled at once; the next one gets 429.
+    pub max_in_flight: usize,
+    /// `URNA_REQUEST_TIMEOUT_MS`: deadline of one `POST /votes`; must exceed the Kafka
+    /// ack timeout so a vote's fate is known before the deadline.
+    pub request_timeout_ms: u64,
+    /// `URNA_RETRY_AFTER_SECS`: the `Retry-After` of a 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_in_flight: 1024,
+            request_timeout_ms: 8_000,
+            retry_after_secs: 2,
+        }
+    }
+}
+
+/// A vote accepted and acknowledged by Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub id: String,
+}
+
+/// Why `POST /votes` did not give 202.
+#[derive(Debug, thiserror::Error)]
+pub enum CastError {
+    /// The vote logic rejected the vote: its status (400/413/422) and JSON body.
+    #[error("vote rejected with {status}")]
+    Rejected { status: u16, body: Bytes },
+    /// Kafka (or the next hop) cannot take the vote now: 503 + Retry-After.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The producer is saturated downstream: 429.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// A fault in the producer itself (a trapping module, a broken channel): 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CastError {
+    /// A rejection from the vote logic, answered exactly as the logic says.
+    pub fn from_vote_error(err: &urna_vote::VoteError) -> Self {
+        CastError::Rejected {
+            status: err.status(),
+            body: Bytes::from(err.body_json()),
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            CastError::Rejected { .. } => "rejected",
+            CastError::Unavailable(_) => "unavailable",
+            CastError::Overloaded(_) => "overloaded",
+            CastError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What turns a request body into an acknowledged vote.
+pub trait VoteBackend: Send + Sync + 'static {
+    /// Validates, stamps and publishes one vote body (at most 16 KiB, JSON content type).
+    fn cast(&self, body: Bytes) -> impl Future<Output = Result<Accepted, CastError>> + Send;
+    /// Whether the backend can accept votes now (Kafka reachable, next hop up).
+    fn ready(&self) -> impl Future<Output = bool> + Send;
+}
+
+struct AppState<B> {
+    backend: Arc<B>,
+    in_flight: Semaphore,
+    settings: HttpSettings,
+    metrics: PrometheusHandle,
+}
+
+/// The router of the producer API over `backend`.
+pub fn router<B: VoteBackend>(
+    backend: Arc<B>,
+    settings: HttpSettings,
+    metrics: PrometheusHandle,
+) -> Router {
+    let state = Arc::new(AppState {
+        backend,
+        in_flight: Semaphore::new(settings.max_in_flight),
+        settings,
+        metrics,
+    });
+    Router::new()
+        .route("/votes", post(post_vote::<B>))
+        .route(
+            "/healthz",
+            get(|| async { json(StatusCode::OK, r#"{"status":"ok"}"#) }),
+        )
+        .route("/readyz", get(readyz::<B>))
+        .route("/metrics", get(metrics_text::<B>))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+                None,
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves `router` on an already-bound listener until `shutdown`, then finishes the
+/// requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn post_vote<B: VoteBackend>(
+    State(state): State<Arc<AppState<B>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let response = handle_vote(&state, &headers, body).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("urna_http_requests_total", "route" => "/votes", "status" => status)
+        .increment(1);
+    metrics::histogram!("urna_http_request_duration_seconds", "route" => "/votes",
+        "outcome" => outcome_of(response.status()))
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn outcome_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        202 => "accepted",
+        400 | 413 | 415 | 422 => "rejected",
+        429 => "overloaded",
+        503 => "unavailable",
+        _ => "error",
+    }
+}
+
+async fn handle_vote<B: VoteBackend>(
+    state: &AppState<B>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    // Bounded: a request over the limit is refused, never queued.
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests in flight; retry later",
+            None,
+        );
+    };
+    if !is_json(headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json",
+            None,
+        );
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body is over the limit of {MAX_BODY_BYTES} bytes"),
+                None,
+            );
+        }
+    };
+    let deadline = Duration::from_millis(state.settings.request_timeout_ms);
+    let result = match tokio::time::timeout(deadline, state.backend.cast(body)).await {
+        Ok(result) => result,
+        Err(_) => Err(CastError::Unavailable("deadline exceeded".to_owned())),
+    };
+    match result {
+        Ok(accepted) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "id": accepted.id })),
+        )
+            .into_response(),
+        Err(e) => {
+            if !matches!(e, CastError::Rejected { .. }) {
+                tracing::warn!(outcome = e.outcome(), error = %e, "vote not accepted");
+            }
+            cast_error_response(e, state.settings.retry_after_secs)
+        }
+    }
+}
+
+fn cast_error_response(e: CastError, retry_after_secs: u32) -> Response {
+    match e {
+        CastError::Rejected { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            json(status, body)
+        }
+        CastError::Unavailable(reason) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("vote not accepted, retry later: {reason}"),
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+        }
+        CastError::Overloaded(reason) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("overloaded, retry later: {reason}"),
+            None,
+        ),
+        CastError::Internal(reason) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("internal error: {reason}"),
+            None,
+        ),
+    }
+}
+
+async fn readyz<B: VoteBackend>(State(state): State<Arc<AppState<B>>>) -> Response {
+    if state.backend.ready().await {
+        json(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not ready", None)
+    }
+}
+
+async fn metrics_text<B: VoteBackend>(State(state): State<Arc<AppState<B>>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`), or `+json` types.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A JSON error body in the contract's shape.
+pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    json(
+        status,
+        serde_json::json!({ "error": message, "field": field }).to_string(),
+    )
+}
+
+fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.into(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        for (value, want) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/vnd.urna+json", true),
+            ("text/plain", false),
+            ("application/jsonx", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&h), want, "{value}");
+        }
+    }
+}
