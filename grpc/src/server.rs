@@ -1,0 +1,348 @@
+//! The gRPC server: `urna.v1.VoteService` running the vote logic natively and
+//! publishing to Kafka, plus gRPC health, reflection and a small HTTP metrics port.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use urna_common::kafka::VotePublisher;
+use urna_common::{stamp, telemetry};
+use urna_vote::{Ballot, Source};
+
+use crate::pb::cast_request::Input;
+use crate::pb::cast_stream_response::Outcome;
+use crate::pb::vote_service_server::{VoteService, VoteServiceServer};
+use crate::pb::{CastRequest, CastResponse, CastStreamResponse, Failure};
+use crate::settings::ServerSettings;
+use crate::{SERVICE_NAME, pb, status};
+
+/// Largest gRPC message the server decodes: a vote body is at most 16 KiB, so anything
+/// much bigger is refused by tonic before it is buffered.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The vote service: stateless apart from the publisher and its bound.
+#[derive(Clone)]
+pub struct Votes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    publisher: VotePublisher,
+    ballot: Ballot,
+    in_flight: Semaphore,
+    stream_window: usize,
+}
+
+impl Votes {
+    pub fn new(publisher: VotePublisher, settings: &ServerSettings) -> Self {
+        Votes {
+            inner: Arc::new(Inner {
+                publisher,
+                ballot: Ballot::builtin(),
+                in_flight: Semaphore::new(settings.grpc_max_in_flight),
+                stream_window: settings.grpc_stream_window.max(1),
+            }),
+        }
+    }
+
+    /// Judges, stamps and publishes one vote; answers after the Kafka ack.
+    async fn cast_one(&self, input: Option<Input>) -> Result<CastResponse, Status> {
+        let Ok(_permit) = self.inner.in_flight.try_acquire() else {
+            return Err(Status::resource_exhausted(
+                "too many votes in flight; retry later",
+            ));
+        };
+        let body: bytes::Bytes = match input {
+            Some(Input::VoteJson(body)) => body,
+            Some(Input::Vote(vote)) => typed_vote_json(&vote).into(),
+            // No vote at all is judged like an empty HTTP body.
+            None => bytes::Bytes::new(),
+        };
+        let started = Instant::now();
+        let judged = urna_vote::handle(
+            &body,
+            &self.inner.ballot,
+            stamp::new_vote_id(),
+            Source::Grpc,
+            stamp::now_micros(),
+        );
+        metrics::histogram!("urna_vote_logic_duration_seconds", "producer" => "grpc",
+            "outcome" => if judged.is_ok() { "accepted" } else { "rejected" })
+        .record(started.elapsed().as_secs_f64());
+        let record = judged.map_err(|e| status::rejection_status(&e))?;
+        let payload = record.encode_to_vec();
+        let delivery = self
+            .inner
+            .publisher
+            .publish(record.id.as_bytes(), &payload)
+            .await
+            .map_err(|e| status::publish_status(&e))?;
+        Ok(CastResponse {
+            id: record.id.clone(),
+            record: Some(record),
+            partition: delivery.partition,
+            offset: delivery.offset,
+        })
+    }
+
+    async fn stream_outcome(&self, seq: u64, request: CastRequest) -> CastStreamResponse {
+        let outcome = match self.cast_one(request.input).await {
+            Ok(accepted) => Outcome::Accepted(accepted),
+            Err(s) => match status::rejection_of(&s) {
+                Some(rejection) => Outcome::Rejected(rejection),
+                None => Outcome::Failed(Failure {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                }),
+            },
+        };
+        count("CastStream", outcome_code(&outcome));
+        CastStreamResponse {
+            seq,
+            outcome: Some(outcome),
+        }
+    }
+}
+
+fn outcome_code(outcome: &Outcome) -> tonic::Code {
+    match outcome {
+        Outcome::Accepted(_) => tonic::Code::Ok,
+        Outcome::Rejected(_) => tonic::Code::InvalidArgument,
+        Outcome::Failed(f) => tonic::Code::from_i32(f.code),
+    }
+}
+
+fn count(method: &'static str, code: tonic::Code) {
+    metrics::counter!("urna_grpc_server_votes_total", "method" => method,
+        "code" => status::code_label(code))
+    .increment(1);
+}
+
+/// A typed vote as the JSON the logic reads (so it is judged by the very same code).
+fn typed_vote_json(vote: &pb::Vote) -> String {
+    serde_json::json!({
+        "name": vote.name,
+        "album": vote.album,
+        "year": vote.year,
+        "rank": vote.rank,
+    })
+    .to_string()
+}
+
+type CastStreamOut = Pin<Box<dyn Stream<Item = Result<CastStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl VoteService for Votes {
+    async fn cast(&self, request: Request<CastRequest>) -> Result<Response<CastResponse>, Status> {
+        let result = self.cast_one(request.into_inner().input).await;
+        count(
+            "Cast",
+            result
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok),
+        );
+        result.map(Response::new)
+    }
+
+    type CastStreamStream = CastStreamOut;
+
+    async fn cast_stream(
+        &self,
+        request: Request<Streaming<CastRequest>>,
+    ) -> Result<Response<Self::CastStreamStream>, Status> {
+        let this = self.clone();
+        let window = self.inner.stream_window;
+        // Up to `window` votes of the stream are judged and published at once (their
+        // acks overlap); answers keep request order.
+        let out = request
+            .into_inner()
+            .zip(futures::stream::iter(0u64..))
+            .map(move |(item, seq)| {
+                let this = this.clone();
+                async move {
+                    match item {
+                        Ok(request) => Ok(this.stream_outcome(seq, request).await),
+                        Err(status) => Err(status),
+                    }
+                }
+            })
+            .buffered(window);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Keeps the gRPC health of the vote service (and of the server, `""`) equal to the
+/// publisher's Kafka readiness.
+async fn follow_kafka(
+    reporter: HealthReporter,
+    publisher: VotePublisher,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let ready = publisher.is_ready();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            reporter.set_service_status("", status).await;
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+}
+
+/// `/healthz`, `/readyz` (Kafka reachable) and `/metrics` of the server process.
+pub fn metrics_router(publisher: VotePublisher, metrics: PrometheusHandle) -> Router {
+    let json = |status: StatusCode, body: &'static str| {
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    Router::new()
+        .route(
+            "/healthz",
+            get(move || async move { json(StatusCode::OK, r#"{"status":"ok"}"#) }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move {
+                if publisher.is_ready() {
+                    json(StatusCode::OK, r#"{"status":"ready"}"#)
+                } else {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"error":"not ready","field":null}"#,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+                    .into_response()
+            }),
+        )
+}
+
+/// Runs the server on already-bound listeners until `shutdown`; then finishes the
+/// calls in flight and flushes the Kafka producer.
+pub async fn run(
+    settings: ServerSettings,
+    grpc: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = telemetry::metrics();
+    let publisher = VotePublisher::new(&settings.kafka)?;
+    publisher.spawn_probe(
+        Duration::from_millis(settings.kafka_probe_interval_ms),
+        shutdown.clone(),
+    );
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tokio::spawn(follow_kafka(reporter, publisher.clone(), shutdown.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // v1alpha too: older grpcurl and Postman only speak that one.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let votes = VoteServiceServer::new(Votes::new(publisher.clone(), &settings))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    if let Some(listener) = metrics_listener {
+        let router = metrics_router(publisher.clone(), metrics);
+        let shutdown = shutdown.clone();
+        tracing::info!(addr = ?listener.local_addr().ok(), "server metrics listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+
+    tracing::info!(addr = ?grpc.local_addr().ok(), topic = %settings.kafka.kafka_topic,
+        "gRPC vote server listening");
+    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.grpc_max_concurrent_streams)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(votes)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+
+    let flushed =
+        tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await?;
+    if let Err(e) = flushed {
+        tracing::warn!(error = %e, "Kafka flush at shutdown failed");
+    }
+    tracing::info!("gRPC vote server stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_vote_is_judged_as_its_json() {
+        let vote = pb::Vote {
+            name: "alux nahual".into(),
+            album: "Conquista".into(),
+            year: 1982,
+            rank: 4,
+        };
+        let json = typed_vote_json(&vote);
+        let parsed = urna_vote::parse_vote(json.as_bytes(), &Ballot::builtin()).expect("valid");
+        assert_eq!(parsed.band.name, "Alux Nahual");
+        let zero = pb::Vote { rank: 0, ..vote };
+        let err = urna_vote::parse_vote(typed_vote_json(&zero).as_bytes(), &Ballot::builtin())
+            .expect_err("rank 0");
+        assert_eq!((err.status(), err.field()), (422, Some("rank")));
+    }
+}
