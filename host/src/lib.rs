@@ -1,1 +1,216 @@
-//! placeholder: see the issue for this component
+//! urna's Wasm producer: the producer HTTP API (`urna_common::producer_http`) over a
+//! backend that runs the deployed vote module (`vote_module.wasm`) in a fresh Wasm
+//! instance per request and publishes accepted votes to Kafka.
+//!
+//! Per `POST /votes`:
+//! 1. the router checks content type, size and the in-flight bound (415/413/429);
+//! 2. the backend stamps an id (UUID v7) and a time, waits for one of
+//!    `URNA_WASM_MAX_INSTANCES` invocation slots, and runs the module on the blocking
+//!    pool ([`backend`]): instantiate, call `urna_handle_vote`, drop the instance;
+//! 3. a rejection is answered exactly as the module says (400/413/422); a trap,
+//!    timeout, memory blow-up or malformed result is a 500 for this request only;
+//! 4. an accepted record is published and the client gets 202 once Kafka acknowledged
+//!    it (503 + `Retry-After` when Kafka is unreachable).
+//!
+//! - [`runtime`]: the Wasm engine behind a trait (wasmtime; WasmEdge with `--features wasmedge`).
+//! - [`modules`]: the module in service, ABI check and hot reload.
+//! - [`backend`]: the `VoteBackend` tying the two to Kafka, with the timing metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use urna_common::kafka::{KafkaSettings, VotePublisher};
+use urna_common::producer_http::{self, HttpSettings};
+
+pub mod backend;
+pub mod modules;
+pub mod runtime;
+
+pub use backend::WasmBackend;
+pub use modules::{ModuleSlot, Reload};
+
+/// The module file the host serves, inside `URNA_MODULE_DIR`.
+pub const MODULE_FILE: &str = "vote_module.wasm";
+
+/// The host's settings: defaults → `URNA_CONFIG` TOML file → `URNA_*` variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// `URNA_LISTEN`: the HTTP address.
+    pub listen: String,
+    /// `URNA_MODULE_DIR`: where `vote_module.wasm` is deployed.
+    pub module_dir: PathBuf,
+    /// `URNA_MODULE_POLL_MS`: how often the module file is checked for a new deploy.
+    pub module_poll_ms: u64,
+    /// `URNA_WASM_RUNTIME`: `wasmtime` (default) or `wasmedge` (needs the feature).
+    pub wasm_runtime: String,
+    /// `URNA_WASM_DEADLINE_MS`: budget of one invocation (instantiate + run).
+    pub wasm_deadline_ms: u64,
+    /// `URNA_WASM_MEMORY_MB`: linear memory cap of one instance.
+    pub wasm_memory_mb: u64,
+    /// `URNA_WASM_MAX_INSTANCES`: invocations at once (0: four per CPU). Requests
+    /// beyond wait for a slot (bounded by `URNA_MAX_IN_FLIGHT` and the request deadline).
+    pub wasm_max_instances: u32,
+    /// `URNA_KAFKA_PROBE_MS`: how often Kafka reachability (readiness) is probed.
+    pub kafka_probe_ms: u64,
+    /// `URNA_SHUTDOWN_FLUSH_MS`: how long shutdown waits for unacknowledged records.
+    pub shutdown_flush_ms: u64,
+    #[serde(flatten)]
+    pub kafka: KafkaSettings,
+    #[serde(flatten)]
+    pub http: HttpSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8081".into(),
+            module_dir: PathBuf::from("target/wasm32-wasip1/wasm"),
+            module_poll_ms: 500,
+            wasm_runtime: "wasmtime".into(),
+            wasm_deadline_ms: 100,
+            wasm_memory_mb: 16,
+            wasm_max_instances: 0,
+            kafka_probe_ms: 1_000,
+            shutdown_flush_ms: 10_000,
+            kafka: KafkaSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Settings from the environment (and `URNA_CONFIG`).
+    pub fn from_env() -> anyhow::Result<Settings> {
+        urna_common::config::load::<Settings>().map_err(|e| anyhow::anyhow!("settings: {e}"))
+    }
+
+    pub fn module_path(&self) -> PathBuf {
+        self.module_dir.join(MODULE_FILE)
+    }
+
+    pub fn limits(&self) -> runtime::Limits {
+        let max_instances = if self.wasm_max_instances == 0 {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            u32::try_from(cpus * 4).unwrap_or(64).max(4)
+        } else {
+            self.wasm_max_instances
+        };
+        runtime::Limits {
+            deadline: Duration::from_millis(self.wasm_deadline_ms),
+            memory_bytes: usize::try_from(self.wasm_memory_mb << 20).unwrap_or(usize::MAX),
+            max_instances,
+        }
+    }
+}
+
+/// A host ready to serve: module loaded and checked, Kafka producer created.
+pub struct Host {
+    settings: Settings,
+    modules: Arc<ModuleSlot>,
+    publisher: VotePublisher,
+    backend: Arc<WasmBackend>,
+}
+
+impl Host {
+    /// Loads the module (refusing to start without a valid one) and sets up Kafka.
+    /// Probes Kafka once so a healthy host is ready as soon as it listens.
+    pub async fn start(settings: Settings) -> anyhow::Result<Host> {
+        let limits = settings.limits();
+        let runtime = runtime::by_name(&settings.wasm_runtime, limits)?;
+        let path = settings.module_path();
+        let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(runtime, path))
+            .await
+            .context("module loader")??;
+        let modules = Arc::new(modules);
+        let publisher = VotePublisher::new(&settings.kafka).context("Kafka producer")?;
+        if !publisher.probe().await {
+            tracing::warn!(
+                brokers = %settings.kafka.kafka_brokers,
+                topic = %settings.kafka.kafka_topic,
+                "Kafka is not reachable yet; not ready, answering 503 until it is"
+            );
+        }
+        let backend = Arc::new(WasmBackend::new(
+            modules.clone(),
+            publisher.clone(),
+            limits.max_instances as usize,
+        ));
+        Ok(Host {
+            settings,
+            modules,
+            publisher,
+            backend,
+        })
+    }
+
+    /// The module slot (which module serves, reload counters).
+    pub fn modules(&self) -> &Arc<ModuleSlot> {
+        &self.modules
+    }
+
+    pub fn backend(&self) -> &Arc<WasmBackend> {
+        &self.backend
+    }
+
+    /// Serves on `listener` until `shutdown`: then stops accepting, finishes the
+    /// requests in flight and flushes the Kafka producer.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let background = shutdown.child_token();
+        self.publisher.spawn_probe(
+            Duration::from_millis(self.settings.kafka_probe_ms),
+            background.clone(),
+        );
+        self.modules.spawn_watch(
+            Duration::from_millis(self.settings.module_poll_ms),
+            background.clone(),
+        );
+        let router = producer_http::router(
+            self.backend.clone(),
+            self.settings.http.clone(),
+            urna_common::telemetry::metrics(),
+        );
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(
+            addr = ?addr,
+            module = %self.modules.path().display(),
+            runtime = self.modules.runtime_name(),
+            topic = %self.settings.kafka.kafka_topic,
+            "wasm producer listening"
+        );
+        let served = producer_http::serve(listener, router, shutdown).await;
+        background.cancel();
+        tracing::info!("stopped accepting; in-flight requests done; flushing Kafka producer");
+        let publisher = self.publisher.clone();
+        let flush_timeout = Duration::from_millis(self.settings.shutdown_flush_ms);
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(flush_timeout)).await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "Kafka producer flush panicked"),
+        }
+        served.context("HTTP server")
+    }
+}
+
+/// The whole service: settings from the environment, listen, serve until SIGTERM/Ctrl-C.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    urna_common::telemetry::init_tracing();
+    let settings = Settings::from_env()?;
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("listen on {}", settings.listen))?;
+    let shutdown = urna_common::shutdown::on_signal();
+    let host = Host::start(settings).await?;
+    host.serve(listener, shutdown).await
+}

@@ -1,0 +1,1 @@
+//! WasmEdge (todo)

@@ -1,0 +1,368 @@
+//! wasmtime: the default runtime.
+//!
+//! - One [`Engine`] with the **pooling allocator**: instance slots, linear memories
+//!   (each capped at the memory limit) and tables are reserved up front, so creating
+//!   an instance is a few copy-on-write mappings instead of `mmap` calls.
+//! - Each loaded module is compiled once and pre-linked into an [`InstancePre`]
+//!   (imports resolved, WASI p1 only); a request instantiates it into a **new
+//!   [`Store`]** that is dropped afterwards: no state survives a request.
+//! - Deadline by **epoch interruption**: a ticker thread bumps the engine's epoch every
+//!   millisecond and each store traps once its epoch deadline has passed. Cheaper than
+//!   fuel (a load and compare at loop headers and function entries, no counting).
+//! - Memory cap by a [`ResourceLimiter`] that traps on growth past the cap (and the
+//!   pool's `max_memory_size` as the hard bound behind it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use wasmtime::{
+    Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, ModuleExport,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::{
+    ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, Limits, LoadError, Runtime, VoteModule,
+};
+
+/// Epoch tick: the granularity of the deadline.
+const TICK: Duration = Duration::from_millis(1);
+/// What a module may write to stderr per request (a panic message); kept for the log.
+const STDERR_CAPACITY: usize = 4096;
+/// Pool slots beyond `max_instances`, for the trial instances of modules being loaded.
+const SPARE_INSTANCES: u32 = 4;
+
+/// What one store carries: the WASI context and the limiter.
+struct Ctx {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+    stderr: MemoryOutputPipe,
+}
+
+struct Limiter {
+    memory_bytes: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> anyhow::Result<bool> {
+        if desired > self.memory_bytes {
+            self.denied = true;
+            // An error traps at once: clearer than a -1 the module would turn into an
+            // abort anyway.
+            anyhow::bail!(
+                "memory limit of {} bytes exceeded (wanted {desired})",
+                self.memory_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> anyhow::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+pub struct Wasmtime {
+    engine: Engine,
+    linker: Linker<Ctx>,
+    limits: Limits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Wasmtime {
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = limits.max_instances + SPARE_INSTANCES;
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .max_memory_size(limits.memory_bytes)
+            // Small instances: keep the touched pages resident and zero them instead of
+            // giving them back to the kernel after every request.
+            .linear_memory_keep_resident(256 * 1024)
+            .table_keep_resident(16 * 1024);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&config).context("wasmtime engine")?;
+
+        let mut linker: Linker<Ctx> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx: &mut Ctx| &mut cx.wasi)
+            .context("WASI preview 1 imports")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .context("epoch ticker thread")?;
+
+        Ok(Wasmtime {
+            engine,
+            linker,
+            limits,
+            ticker_stop,
+        })
+    }
+}
+
+impl Drop for Wasmtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime for Wasmtime {
+    fn name(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError> {
+        // Valid Wasm at all? (Otherwise a compile error; after this, a refusal by
+        // Module::new is about the limits, e.g. an initial memory over the cap.)
+        Module::validate(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|e| LoadError::Abi(format!("does not fit the host's limits: {e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Abi(format!("imports: {e:#}")))?;
+        let export = |name: &str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| LoadError::Abi(format!("missing export `{name}`")))
+        };
+        let loaded = WasmtimeModule {
+            pre,
+            memory: export("memory")?,
+            alloc: export("urna_alloc")?,
+            handle: export("urna_handle_vote")?,
+            abi_version: export("urna_abi_version")?,
+            initialize: module.get_export_index("_initialize"),
+            limits: self.limits,
+        };
+        loaded.check_abi()?;
+        Ok(Arc::new(loaded))
+    }
+}
+
+struct WasmtimeModule {
+    pre: InstancePre<Ctx>,
+    memory: ModuleExport,
+    alloc: ModuleExport,
+    handle: ModuleExport,
+    abi_version: ModuleExport,
+    initialize: Option<ModuleExport>,
+    limits: Limits,
+}
+
+impl WasmtimeModule {
+    fn deadline_ticks(&self) -> u64 {
+        // +1: the epoch may tick right after the deadline is set.
+        (self.limits.deadline.as_millis() as u64).div_ceil(TICK.as_millis() as u64) + 1
+    }
+
+    fn new_store(&self) -> Store<Ctx> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build_p1();
+        let mut store = Store::new(
+            self.pre.module().engine(),
+            Ctx {
+                wasi,
+                limiter: Limiter {
+                    memory_bytes: self.limits.memory_bytes,
+                    denied: false,
+                },
+                stderr,
+            },
+        );
+        store.limiter(|cx| &mut cx.limiter);
+        // The deadline covers instantiation (and `_initialize`) and the call.
+        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// A fresh instance in `store`, initialised.
+    fn start(&self, store: &mut Store<Ctx>) -> anyhow::Result<wasmtime::Instance> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        if let Some(init) = &self.initialize {
+            let f = func(store, &instance, init)?.typed::<(), ()>(&*store)?;
+            f.call(&mut *store, ())?;
+        }
+        Ok(instance)
+    }
+
+    /// A trial instance: every export has the ABI's type and the version is 1.
+    fn check_abi(&self) -> Result<(), LoadError> {
+        let abi = |e: anyhow::Error| LoadError::Abi(format!("{e:#}"));
+        let mut store = self.new_store();
+        let s = &mut store;
+        let instance = self
+            .start(s)
+            .map_err(|e| LoadError::Abi(format!("trial instance: {}", classify(e, None, true))))?;
+        instance
+            .get_module_export(&mut *s, &self.memory)
+            .and_then(Extern::into_memory)
+            .ok_or_else(|| LoadError::Abi("export `memory` is not a memory".into()))?;
+        let version = func(s, &instance, &self.abi_version)
+            .and_then(|f| f.typed::<(), i32>(&*s))
+            .context("urna_abi_version: () -> i32")
+            .map_err(abi)?
+            .call(&mut *s, ())
+            .map_err(|e| {
+                LoadError::Abi(format!("urna_abi_version: {}", classify(e, None, false)))
+            })?;
+        if version != ABI_VERSION {
+            return Err(LoadError::Abi(format!(
+                "urna_abi_version() is {version}, this host speaks {ABI_VERSION}"
+            )));
+        }
+        func(s, &instance, &self.alloc)
+            .and_then(|f| f.typed::<i32, i32>(&*s))
+            .context("urna_alloc: (i32) -> i32")
+            .map_err(abi)?;
+        func(s, &instance, &self.handle)
+            .and_then(|f| f.typed::<(i32, i32, i64, i64, i64), i64>(&*s))
+            .context("urna_handle_vote: (i32, i32, i64, i64, i64) -> i64")
+            .map_err(abi)?;
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        store: &mut Store<Ctx>,
+        instance: &wasmtime::Instance,
+        body: &[u8],
+        id: uuid::Uuid,
+        at: i64,
+    ) -> anyhow::Result<Vec<u8>> {
+        let memory = instance
+            .get_module_export(&mut *store, &self.memory)
+            .and_then(Extern::into_memory)
+            .context("export `memory`")?;
+        let alloc = func(store, instance, &self.alloc)?.typed::<i32, i32>(&*store)?;
+        let handle = func(store, instance, &self.handle)?
+            .typed::<(i32, i32, i64, i64, i64), i64>(&*store)?;
+        let len = i32::try_from(body.len()).context("body length")?;
+        let ptr = alloc.call(&mut *store, len)?;
+        memory
+            .write(&mut *store, ptr as u32 as usize, body)
+            .map_err(|_| bad_output("urna_alloc returned a buffer outside memory"))?;
+        let (hi, lo) = id.as_u64_pair();
+        let packed = handle.call(&mut *store, (ptr, len, hi as i64, lo as i64, at))?;
+        let (out_ptr, out_len) = ((packed >> 32) as u32 as usize, packed as u32 as usize);
+        let data = memory.data(&*store);
+        let out = out_ptr
+            .checked_add(out_len)
+            .and_then(|end| data.get(out_ptr..end))
+            .ok_or_else(|| bad_output("result buffer lies outside memory"))?;
+        Ok(out.to_vec())
+    }
+}
+
+fn func(
+    store: &mut Store<Ctx>,
+    instance: &wasmtime::Instance,
+    export: &ModuleExport,
+) -> anyhow::Result<wasmtime::Func> {
+    instance
+        .get_module_export(&mut *store, export)
+        .and_then(Extern::into_func)
+        .context("export is not a function")
+}
+
+fn bad_output(message: &str) -> anyhow::Error {
+    anyhow::Error::new(InvokeError::new(InvokeErrorKind::BadOutput, message))
+}
+
+/// Turns a wasmtime error into the kind the host reports.
+fn classify(err: anyhow::Error, ctx: Option<&Ctx>, instantiating: bool) -> InvokeError {
+    if let Some(e) = err.downcast_ref::<InvokeError>() {
+        return e.clone();
+    }
+    let stderr = ctx
+        .map(|c| {
+            String::from_utf8_lossy(&c.stderr.contents())
+                .trim()
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty());
+    if ctx.is_some_and(|c| c.limiter.denied) {
+        return InvokeError::new(InvokeErrorKind::Memory, format!("{}", err.root_cause()));
+    }
+    let kind = match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InvokeErrorKind::Deadline,
+        Some(_) => InvokeErrorKind::Trap,
+        None if instantiating => InvokeErrorKind::Instantiate,
+        None => InvokeErrorKind::Trap,
+    };
+    let mut message = match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "interrupted: deadline exceeded".to_owned(),
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
+    };
+    if let Some(stderr) = stderr {
+        message.push_str(&format!(" (stderr: {stderr})"));
+    }
+    tracing::debug!(error = ?err, "vote module invocation failed");
+    InvokeError::new(kind, message)
+}
+
+impl VoteModule for WasmtimeModule {
+    fn invoke(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
+        let started = Instant::now();
+        let mut store = self.new_store();
+        let instance = match self.start(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                return Invocation {
+                    result: Err(classify(e, Some(store.data()), true)),
+                    instantiate: started.elapsed(),
+                    run: Duration::ZERO,
+                };
+            }
+        };
+        let instantiate = started.elapsed();
+        let running = Instant::now();
+        let result = self
+            .run(&mut store, &instance, body, id, accepted_at_micros)
+            .map_err(|e| classify(e, Some(store.data()), false));
+        // Dropping the store returns the instance's slot to the pool (resetting its
+        // memory): part of the per-request cost, so inside `run`.
+        drop(store);
+        let run = running.elapsed();
+        Invocation {
+            result,
+            instantiate,
+            run,
+        }
+    }
+}
