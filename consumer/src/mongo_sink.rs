@@ -1,0 +1,161 @@
+//! MongoDB: one log document per counted vote, written idempotently.
+//!
+//! `_id = <topic>-<partition>-<offset>`, so a redelivered record hits a duplicate key
+//! and is ignored. After a batch is fully in, the sink records its own next offset per
+//! partition (`$max`, so a late zombie cannot move it back); on assignment a member
+//! starts at the lower of this and the Redis offset, so a crash between the two sinks
+//! never skips a log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+
+use crate::batch::Batch;
+
+const DUPLICATE_KEY: i32 = 11000;
+
+#[derive(Clone)]
+pub struct MongoSink {
+    logs: Collection<Document>,
+    progress: Collection<Document>,
+    progress_id: String,
+    topic: String,
+    member: String,
+}
+
+impl MongoSink {
+    pub async fn connect(
+        url: &str,
+        db: &str,
+        collection: &str,
+        topic: &str,
+        group: &str,
+        member: &str,
+    ) -> mongodb::error::Result<MongoSink> {
+        let mut options = ClientOptions::parse(url).await?;
+        options.server_selection_timeout = Some(Duration::from_secs(3));
+        options.connect_timeout = Some(Duration::from_secs(3));
+        options.app_name = Some("urna-consumer".into());
+        let client = Client::with_options(options)?;
+        let database = client.database(db);
+        Ok(MongoSink {
+            logs: database.collection(collection),
+            progress: database.collection(&format!("{collection}.progress")),
+            progress_id: format!("{group}|{topic}"),
+            topic: topic.to_owned(),
+            member: member.to_owned(),
+        })
+    }
+
+    /// Creates the index behind "latest 20 logs" (idempotent).
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let index = IndexModel::builder()
+            .keys(doc! { "logged_at": -1 })
+            .options(
+                IndexOptions::builder()
+                    .name("logged_at_desc".to_owned())
+                    .build(),
+            )
+            .build();
+        self.logs.create_index(index).await?;
+        Ok(())
+    }
+
+    /// Inserts the batch's log documents; returns how many were new.
+    pub async fn apply(&self, batch: &Batch) -> mongodb::error::Result<u64> {
+        let logged_at = DateTime::now();
+        let docs: Vec<Document> = batch
+            .votes()
+            .map(|(partition, offset, r)| {
+                doc! {
+                    "_id": format!("{}-{partition}-{offset}", self.topic),
+                    "vote_id": &r.id,
+                    "name": &r.name,
+                    "album": &r.album,
+                    "year": i64::from(r.year),
+                    "rank": i64::from(r.rank),
+                    "source": r.source().label(),
+                    "accepted_at": DateTime::from_millis(r.accepted_at_micros.div_euclid(1000)),
+                    "accepted_at_micros": r.accepted_at_micros,
+                    "logged_at": logged_at,
+                    "topic": &self.topic,
+                    "partition": partition,
+                    "offset": offset,
+                    "member": &self.member,
+                }
+            })
+            .collect();
+        let wanted = docs.len() as u64;
+        let inserted = if docs.is_empty() {
+            0
+        } else {
+            match self.logs.insert_many(docs).ordered(false).await {
+                Ok(result) => result.inserted_ids.len() as u64,
+                Err(e) => match only_duplicates(&e) {
+                    Some(duplicates) => wanted - duplicates,
+                    None => return Err(e),
+                },
+            }
+        };
+        let mut next = Document::new();
+        for (partition, offset) in batch.next_offsets() {
+            next.insert(format!("next.{partition}"), offset);
+        }
+        if !next.is_empty() {
+            self.progress
+                .update_one(doc! { "_id": &self.progress_id }, doc! { "$max": next })
+                .upsert(true)
+                .await?;
+        }
+        Ok(inserted)
+    }
+
+    /// The next offset per partition this sink has fully written.
+    pub async fn stored_offsets(&self) -> mongodb::error::Result<BTreeMap<i32, i64>> {
+        let found = self
+            .progress
+            .find_one(doc! { "_id": &self.progress_id })
+            .await?;
+        let mut offsets = BTreeMap::new();
+        if let Some(next) = found.as_ref().and_then(|d| d.get_document("next").ok()) {
+            for (k, v) in next {
+                let offset = v.as_i64().or_else(|| v.as_i32().map(i64::from));
+                if let (Ok(p), Some(o)) = (k.parse(), offset) {
+                    offsets.insert(p, o);
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.logs
+            .client()
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await
+            .is_ok()
+    }
+}
+
+/// `Some(n)` when the only errors of an insert are `n` duplicate keys (a replay).
+fn only_duplicates(e: &mongodb::error::Error) -> Option<u64> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(failure) => {
+            if failure.write_concern_error.is_some() {
+                return None;
+            }
+            let errors = failure.write_errors.as_ref()?;
+            errors
+                .iter()
+                .all(|w| w.code == DUPLICATE_KEY)
+                .then_some(errors.len() as u64)
+        }
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => Some(1),
+        _ => None,
+    }
+}
