@@ -2,7 +2,7 @@
 # Stops the local stack of this folder and makes sure no process of it is left.
 # Exit 0 when nothing runs (also when nothing was running).
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 t0=$(now)

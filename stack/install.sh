@@ -7,7 +7,7 @@
 #   Maven:      Kafka broker + tools jars into $URNA_CACHE_DIR/kafka-libs
 #   Go proxy:   stack/ferretdb -> $URNA_CACHE_DIR/bin/urna-ferretdb
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 did=0
@@ -44,7 +44,14 @@ sup_stamp=$VENV/.stamp-supervisor-$URNA_SUPERVISOR_VERSION
 if [[ ! -f $sup_stamp || ! -x $SUPERVISORD ]]; then
     log "pip: supervisor==$URNA_SUPERVISOR_VERSION into $VENV"
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        # Debian's own python3 needs python3-venv for ensurepip
+        log "apt: installing python3-venv"
+        as_root apt-get update -q >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
     "$VENV/bin/pip" install -q --disable-pip-version-check "supervisor==$URNA_SUPERVISOR_VERSION"
     touch "$sup_stamp"
     did=1
@@ -79,7 +86,7 @@ if [[ ! -x $FERRETDB_BIN || ! -f $fdb_stamp || $(cat "$fdb_stamp") != "$fdb_sha"
     command -v go >/dev/null 2>&1 || die "Go is needed to build $FERRETDB_BIN (go.mod: $(grep '^go ' "$src/go.mod"))"
     log "go: building $FERRETDB_BIN (FerretDB, first build takes ~2 min on 2 cores)"
     mkdir -p "$CACHE_BIN"
-    (cd "$src" && nice -n 10 go build -buildvcs=false -trimpath -tags ferretdb_no_postgresql \
+    (cd "$src" && go mod download && nice -n 10 go build -buildvcs=false -trimpath -tags ferretdb_no_postgresql \
         -ldflags='-s -w' -o "$FERRETDB_BIN.tmp" .)
     mv "$FERRETDB_BIN.tmp" "$FERRETDB_BIN"
     echo "$fdb_sha" >"$fdb_stamp"

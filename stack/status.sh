@@ -3,7 +3,7 @@
 # (state, pid, uptime) and whether the service answers a real protocol request.
 # Exit 0 when every service is ready, 1 when one is not, 3 when the stack is down.
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 if ! supervisor_running; then

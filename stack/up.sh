@@ -3,7 +3,7 @@
 # every service answers a real protocol request, creates the Kafka topics and prints
 # the addresses. Reuses a stack already running from this folder (exit 0).
 set -euo pipefail
-# shellcheck source=lib/common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 t0=$(now)
@@ -26,6 +26,15 @@ show_failure() {
 
 if supervisor_running; then
     log "stack already running (supervisord pid $(cat "$SUPERVISOR_PID")), reusing it"
+    # a service that gave up (FATAL) or was stopped by hand gets one more start
+    for svc in "${SERVICES[@]}"; do
+        case $(service_state "$svc") in
+        FATAL | STOPPED | EXITED)
+            log "$svc is $(service_state "$svc"), starting it again"
+            sctl start "$svc" >/dev/null 2>&1 || true
+            ;;
+        esac
+    done
 else
     # leftovers of a stack whose supervisord died: stop them before starting anew
     if [[ -n $(stack_pids) ]]; then

@@ -22,7 +22,7 @@ from supervisor import childutils
 
 FAILS = int(os.environ.get("URNA_HEALTH_FAILS", "3"))
 GRACE = {"kafka": 90.0, "redis": 15.0, "ferretdb": 15.0}  # seconds after start
-PROBE_TIMEOUT = 5.0
+PROBE_TIMEOUT = 4.0
 
 
 def log(msg):

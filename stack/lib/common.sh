@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables used by the scripts that source this file
 # Shared settings and helpers of the local stack scripts. Sourced, never run.
 #
 # Every path and port can be overridden from the environment (see stack/README.md).
@@ -96,6 +97,7 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 render() {
     local src=$1 dst=$2 text var
     text=$(<"$src")
+    # shellcheck disable=SC2016 # literal ${NAME} placeholders
     for var in $(grep -o '\${[A-Z_][A-Z0-9_]*}' "$src" | sort -u | tr -d '${}'); do
         [[ -v $var ]] || die "template $src uses \${$var}, which is not set"
         text=${text//"\${$var}"/"${!var}"}
@@ -116,17 +118,17 @@ supervisor_running() {
 
 # state of one supervised program (RUNNING, STARTING, BACKOFF, FATAL, ...), or DOWN
 service_state() {
-    local out
-    out=$(sctl status "$1" 2>/dev/null) || true
-    set -- $out
-    printf '%s\n' "${2:-DOWN}"
+    local state
+    state=$(sctl status "$1" 2>/dev/null | awk -v s="$1" '$1 == s { print $2 }') || true
+    printf '%s\n' "${state:-DOWN}"
 }
 
 # real protocol probes: each exits 0 only when the service answered
 probe() {
     case $1 in
     kafka) "$FERRETDB_BIN" kafka-ping -q -timeout 2s -brokers "127.0.0.1:$URNA_KAFKA_PORT" ;;
-    redis) [[ $(redis-cli -h 127.0.0.1 -p "$URNA_REDIS_PORT" ping 2>/dev/null) == PONG ]] ;;
+    # redis-cli has no read timeout: a hung server would hang the probe
+    redis) [[ $(timeout 3 redis-cli -h 127.0.0.1 -p "$URNA_REDIS_PORT" ping 2>/dev/null) == PONG ]] ;;
     ferretdb) "$FERRETDB_BIN" ping -q -timeout 2s -url "mongodb://127.0.0.1:$URNA_MONGO_PORT/" ;;
     *) die "unknown service $1" ;;
     esac

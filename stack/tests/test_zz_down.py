@@ -2,7 +2,7 @@
 
 import socket
 
-from conftest import (KAFKA_CONTROLLER_PORT, KAFKA_PORT, MONGO_PORT, REDIS_PORT, script,
+from stack_helpers import (KAFKA_CONTROLLER_PORT, KAFKA_PORT, MONGO_PORT, REDIS_PORT, script,
                       stack_processes)
 
 
