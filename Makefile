@@ -8,10 +8,16 @@ WASM_TARGET := wasm32-wasip1
 MODULE_DIR := target/$(WASM_TARGET)/wasm
 SAMPLE_VOTES := locust/data/sample-votes.jsonl
 
-.PHONY: up test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module
+.PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench
 
-## up: install what is missing, build, start the local stack, run the pipeline on sample votes
-up: bootstrap modules stack-up demo-module
+## up: install what is missing, build, start the stack and every service, send traffic
+##     through both producers and show the counted results
+up: bootstrap modules demo-module
+	scripts/pipeline.sh up
+
+## down: stop the services and the stack
+down:
+	scripts/pipeline.sh down
 
 ## test: install what is missing, then every test against the real local stack
 test: bootstrap lint modules
@@ -49,7 +55,12 @@ stack-down:
 stack-status:
 	stack/status.sh
 
+## bench: consumer throughput with batching and with batch size 1, in one run
+bench:
+	stack/up.sh
+	$(CARGO) run --release -p urna-consumer --example throughput -- 20000 500 1
+
 ## clean: stop the stack and remove its data (caches in .cache/ stay; `rm -rf .cache` for those)
 clean:
-	-stack/down.sh
+	-scripts/pipeline.sh down
 	rm -rf .stack

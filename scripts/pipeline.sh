@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The whole pipeline on the local embedded stack:
+#   scripts/pipeline.sh up     build, start stack + producers + 2 consumer members,
+#                              send traffic through both producers, show the results
+#   scripts/pipeline.sh down   stop the services and the stack
+# Services log to .stack/logs/<name>.log; pids live in .stack/run/<name>.pid.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+stack_dir=${URNA_STACK_DIR:-$root/.stack}
+logs=$stack_dir/logs
+run=$stack_dir/run
+bin=$root/target/release
+votes=${URNA_SAMPLE_VOTES:-$root/locust/data/sample-votes.jsonl}
+repeat=${URNA_TRAFFIC_REPEAT:-50}
+
+services=(wasm-host grpc-server grpc-client consumer-1 consumer-2)
+
+log() { printf '[pipeline] %s\n' "$*"; }
+
+start() { # name, then env assignments, then the binary
+  local name=$1; shift
+  local pidfile=$run/$name.pid
+  if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    log "$name already running (pid $(cat "$pidfile"))"; return
+  fi
+  env RUST_LOG="${RUST_LOG:-info}" "$@" >>"$logs/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+  log "$name started (pid $!, log $logs/$name.log)"
+}
+
+wait_ready() { # name, url
+  local deadline=$((SECONDS + 60))
+  until curl -fsS -o /dev/null "$2"; do
+    if (( SECONDS > deadline )); then
+      log "$1 not ready at $2 after 60 s; last log lines:"; tail -n 20 "$logs/$1.log" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+  log "$1 ready ($2)"
+}
+
+redis() { redis-cli -p "${URNA_REDIS_PORT:-6379}" "$@"; }
+
+up() {
+  log "building release binaries and the vote modules"
+  cargo build --release -p urna-host -p urna-grpc -p urna-consumer
+  cargo build -p vote-module --target wasm32-wasip1 --profile wasm
+  stack/up.sh
+  mkdir -p "$logs" "$run"
+
+  start wasm-host URNA_LISTEN=127.0.0.1:8081 URNA_MODULE_DIR="$root/target/wasm32-wasip1/wasm" "$bin/urna-host"
+  start grpc-server URNA_GRPC_LISTEN=127.0.0.1:50051 URNA_METRICS_LISTEN=127.0.0.1:9110 "$bin/urna-grpc-server"
+  start grpc-client URNA_LISTEN=127.0.0.1:8082 URNA_GRPC_SERVER_URL=http://127.0.0.1:50051 "$bin/urna-grpc-client"
+  start consumer-1 URNA_LISTEN=127.0.0.1:9101 URNA_MEMBER_NAME=consumer-1 "$bin/urna-consumer"
+  start consumer-2 URNA_LISTEN=127.0.0.1:9102 URNA_MEMBER_NAME=consumer-2 "$bin/urna-consumer"
+  wait_ready wasm-host http://127.0.0.1:8081/readyz
+  wait_ready grpc-client http://127.0.0.1:8082/readyz
+  wait_ready consumer-1 http://127.0.0.1:9101/readyz
+  wait_ready consumer-2 http://127.0.0.1:9102/readyz
+
+  local before after accepted summary
+  before=$(redis GET votes:total); before=${before:-0}
+  log "sending $(( $(grep -c . "$votes") * repeat )) votes from $votes, alternating producers"
+  summary=$(python3 scripts/send_votes.py --votes "$votes" --repeat "$repeat" \
+    http://127.0.0.1:8081 http://127.0.0.1:8082)
+  log "answers by producer and status: $summary"
+  accepted=$(python3 -c 'import json,sys; print(sum(c.get("202",0) for c in json.loads(sys.argv[1]).values()))' "$summary")
+
+  local deadline=$((SECONDS + 60))
+  while :; do
+    after=$(redis GET votes:total); after=${after:-0}
+    (( after - before == accepted )) && break
+    if (( SECONDS > deadline )); then
+      log "counted $((after - before)) of $accepted accepted votes after 60 s"; exit 1
+    fi
+    sleep 0.2
+  done
+  log "all $accepted accepted votes counted (votes:total $before → $after)"
+  echo
+  echo "== results (Redis) =="
+  echo "votes by band:";    redis HGETALL votes:bands   | paste - -
+  echo "votes by album:";   redis HGETALL votes:albums  | paste - -
+  echo "rank sum by album:"; redis HGETALL votes:rank_sum | paste - -
+  echo "votes by producer:"; redis HGETALL votes:sources | paste - -
+  echo
+  log "services keep running; stop everything with: make down"
+}
+
+down() {
+  for name in "${services[@]}"; do
+    local pidfile=$run/$name.pid
+    [[ -f $pidfile ]] || continue
+    local pid; pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+      log "$name stopped"
+    fi
+    rm -f "$pidfile"
+  done
+  stack/down.sh
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
