@@ -1,1 +1,167 @@
-fn main() {}
+//! Where the time of one vote goes, without HTTP and Kafka:
+//!
+//! - `native`: `urna_vote::handle` + protobuf encode (what the gRPC server does);
+//! - `wasm instantiate` / `wasm run` / `wasm total`: one fresh instance of
+//!   `vote_module.wasm` per vote (the Wasm producer's per-request work);
+//! - `backend decide`: the same through the host's backend from async code
+//!   (semaphore + `spawn_blocking` hand-off + invoke + result check).
+//!
+//! `cargo bench -p urna-host --bench invoke` (needs `make modules`). Prints
+//! percentiles; asserts nothing. `URNA_BENCH_ITERS` sets the sample size.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use urna_host::runtime::{self, Limits};
+
+fn module_path() -> PathBuf {
+    std::env::var_os("URNA_MODULE_DIR")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm"),
+            PathBuf::from,
+        )
+        .join(urna_host::MODULE_FILE)
+}
+
+fn votes() -> Vec<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../locust/data/sample-votes.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+struct Stats(Vec<Duration>);
+
+impl Stats {
+    fn report(mut self, name: &str) {
+        self.0.sort();
+        let n = self.0.len();
+        let pct = |p: f64| self.0[((n as f64 * p) as usize).min(n - 1)];
+        let mean = self.0.iter().sum::<Duration>() / n as u32;
+        println!(
+            "{name:<18} n={n:<7} p50={:>9.2?} p90={:>9.2?} p99={:>9.2?} p99.9={:>9.2?} mean={:>9.2?}",
+            pct(0.50),
+            pct(0.90),
+            pct(0.99),
+            pct(0.999),
+            mean
+        );
+    }
+}
+
+fn main() {
+    let iters: usize = std::env::var("URNA_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let runtime_name = std::env::var("URNA_WASM_RUNTIME").unwrap_or_else(|_| "wasmtime".into());
+    let bytes = std::fs::read(module_path())
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", module_path().display()));
+    let limits = Limits {
+        deadline: Duration::from_millis(100),
+        memory_bytes: 16 << 20,
+        max_instances: 16,
+    };
+    let rt = runtime::by_name(&runtime_name, limits).unwrap();
+    let compile = Instant::now();
+    let module = rt.load(&bytes).unwrap();
+    println!(
+        "runtime={runtime_name} module={} ({} bytes) compile+ABI check {:?}",
+        module_path().display(),
+        bytes.len(),
+        compile.elapsed()
+    );
+    let votes = votes();
+    let ballot = urna_vote::Ballot::builtin();
+
+    // Native: the same logic linked in.
+    let mut native = Vec::with_capacity(iters);
+    for i in 0..iters + 1000 {
+        let body = &votes[i % votes.len()];
+        let started = Instant::now();
+        let record = urna_vote::handle(
+            body,
+            &ballot,
+            uuid::Uuid::now_v7(),
+            urna_vote::Source::Wasm,
+            1,
+        )
+        .unwrap();
+        let out = prost::Message::encode_to_vec(&record);
+        std::hint::black_box(out);
+        if i >= 1000 {
+            native.push(started.elapsed());
+        }
+    }
+
+    // Wasm: a fresh instance per vote.
+    let (mut inst, mut run, mut total) = (
+        Vec::with_capacity(iters),
+        Vec::with_capacity(iters),
+        Vec::with_capacity(iters),
+    );
+    for i in 0..iters + 1000 {
+        let body = &votes[i % votes.len()];
+        let started = Instant::now();
+        let invocation = module.invoke(body, uuid::Uuid::now_v7(), 1);
+        let elapsed = started.elapsed();
+        assert!(invocation.result.is_ok());
+        if i >= 1000 {
+            inst.push(invocation.instantiate);
+            run.push(invocation.run);
+            total.push(elapsed);
+        }
+    }
+
+    // Through the backend, from async code (includes the blocking-pool hand-off).
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let decide = tokio.block_on(async {
+        let dir = std::env::temp_dir().join(format!("urna-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
+        let slot = Arc::new(
+            urna_host::ModuleSlot::load(
+                runtime::by_name(&runtime_name, limits).unwrap(),
+                dir.join(urna_host::MODULE_FILE),
+            )
+            .unwrap(),
+        );
+        // Not connected until used: `decide` never publishes.
+        let publisher =
+            urna_common::kafka::VotePublisher::new(&urna_common::kafka::KafkaSettings::default())
+                .unwrap();
+        let backend = urna_host::WasmBackend::new(slot, publisher, 16);
+        let mut samples = Vec::with_capacity(iters);
+        for i in 0..iters + 1000 {
+            let body = bytes::Bytes::from(votes[i % votes.len()].clone());
+            let started = Instant::now();
+            let decision = backend.decide(body).await;
+            let elapsed = started.elapsed();
+            assert!(matches!(
+                decision,
+                Ok(urna_host::backend::Decision::Accept { .. })
+            ));
+            if i >= 1000 {
+                samples.push(elapsed);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        samples
+    });
+
+    Stats(native).report("native");
+    Stats(inst).report("wasm instantiate");
+    Stats(run).report("wasm run");
+    Stats(total).report("wasm total");
+    Stats(decide).report("backend decide");
+}
