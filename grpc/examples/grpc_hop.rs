@@ -17,7 +17,9 @@ use urna_grpc::pb::vote_service_client::VoteServiceClient;
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let concurrency: usize = args.next().map_or(64, |s| s.parse().expect("concurrency"));
     let seconds: u64 = args.next().map_or(20, |s| s.parse().expect("seconds"));
     let votes: Arc<Vec<bytes::Bytes>> = Arc::new(
