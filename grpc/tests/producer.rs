@@ -438,6 +438,9 @@ async fn reflection_lists_and_describes_the_services() {
         ask(MessageRequest::FileContainingSymbol(
             "urna.v1.VoteRecord".into(),
         )),
+        ask(MessageRequest::FileContainingSymbol(
+            "google.rpc.ErrorInfo".into(),
+        )),
     ];
     let mut answers = client
         .server_reflection_info(futures::stream::iter(requests))
@@ -492,6 +495,14 @@ async fn reflection_lists_and_describes_the_services() {
     let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
         .unwrap();
     assert_eq!(file.name(), "urna/v1/vote.proto");
+
+    // The rejection details' types, so a reflection client can decode them.
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("google.rpc.ErrorInfo not described")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
     server.stop().await;
 }
 
