@@ -50,7 +50,7 @@ up() {
   mkdir -p "$logs" "$run"
 
   start wasm-host URNA_LISTEN=127.0.0.1:8081 URNA_MODULE_DIR="$root/target/wasm32-wasip1/wasm" "$bin/urna-host"
-  start grpc-server URNA_GRPC_LISTEN=127.0.0.1:50051 URNA_METRICS_LISTEN=127.0.0.1:9110 "$bin/urna-grpc-server"
+  start grpc-server URNA_GRPC_LISTEN=127.0.0.1:50051 "$bin/urna-grpc-server"
   start grpc-client URNA_LISTEN=127.0.0.1:8082 URNA_GRPC_SERVER_URL=http://127.0.0.1:50051 "$bin/urna-grpc-client"
   start consumer-1 URNA_LISTEN=127.0.0.1:9101 URNA_MEMBER_NAME=consumer-1 "$bin/urna-consumer"
   start consumer-2 URNA_LISTEN=127.0.0.1:9102 URNA_MEMBER_NAME=consumer-2 "$bin/urna-consumer"

@@ -29,7 +29,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             grpc_listen: "127.0.0.1:50051".into(),
-            metrics_listen: "127.0.0.1:9102".into(),
+            metrics_listen: "127.0.0.1:9110".into(),
             grpc_max_in_flight: 4096,
             grpc_max_concurrent_streams: 4096,
             grpc_stream_window: 64,
