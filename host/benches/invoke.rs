@@ -67,6 +67,11 @@ fn main() {
         deadline: Duration::from_millis(100),
         memory_bytes: 16 << 20,
         max_instances: 16,
+        keep_resident_bytes: std::env::var("URNA_WASM_KEEP_RESIDENT_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            << 10,
     };
     let rt = runtime::by_name(&runtime_name, limits).unwrap();
     let compile = Instant::now();

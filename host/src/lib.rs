@@ -57,6 +57,9 @@ pub struct Settings {
     /// `URNA_WASM_MAX_INSTANCES`: invocations at once (0: four per CPU). Requests
     /// beyond wait for a slot (bounded by `URNA_MAX_IN_FLIGHT` and the request deadline).
     pub wasm_max_instances: u32,
+    /// `URNA_WASM_KEEP_RESIDENT_KB`: memory of a pooled instance slot kept resident
+    /// (zeroed on reuse, no page faults next time) instead of returned to the kernel.
+    pub wasm_keep_resident_kb: u64,
     /// `URNA_KAFKA_PROBE_MS`: how often Kafka reachability (readiness) is probed.
     pub kafka_probe_ms: u64,
     /// `URNA_SHUTDOWN_FLUSH_MS`: how long shutdown waits for unacknowledged records.
@@ -77,6 +80,7 @@ impl Default for Settings {
             wasm_deadline_ms: 100,
             wasm_memory_mb: 16,
             wasm_max_instances: 0,
+            wasm_keep_resident_kb: 0,
             kafka_probe_ms: 1_000,
             shutdown_flush_ms: 10_000,
             kafka: KafkaSettings::default(),
@@ -106,6 +110,8 @@ impl Settings {
             deadline: Duration::from_millis(self.wasm_deadline_ms),
             memory_bytes: usize::try_from(self.wasm_memory_mb << 20).unwrap_or(usize::MAX),
             max_instances,
+            keep_resident_bytes: usize::try_from(self.wasm_keep_resident_kb << 10)
+                .unwrap_or(usize::MAX),
         }
     }
 }

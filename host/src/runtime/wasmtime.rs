@@ -94,7 +94,7 @@ impl Wasmtime {
             .max_memory_size(limits.memory_bytes)
             // Small instances: keep the touched pages resident and zero them instead of
             // giving them back to the kernel after every request.
-            .linear_memory_keep_resident(256 * 1024)
+            .linear_memory_keep_resident(limits.keep_resident_bytes)
             .table_keep_resident(16 * 1024);
         let mut config = Config::new();
         config

@@ -20,6 +20,7 @@ pub fn limits() -> Limits {
         deadline: DEADLINE,
         memory_bytes: (MEMORY_MB << 20) as usize,
         max_instances: 8,
+        keep_resident_bytes: 0,
     }
 }
 
