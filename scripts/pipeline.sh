@@ -31,7 +31,7 @@ start() { # name, then env assignments, then the binary
 
 wait_ready() { # name, url
   local deadline=$((SECONDS + 60))
-  until curl -fsS -o /dev/null "$2"; do
+  until curl -fs -o /dev/null "$2"; do
     if (( SECONDS > deadline )); then
       log "$1 not ready at $2 after 60 s; last log lines:"; tail -n 20 "$logs/$1.log" >&2; exit 1
     fi
@@ -47,6 +47,7 @@ up() {
   cargo build --release -p urna-host -p urna-grpc -p urna-consumer
   cargo build -p vote-module --target wasm32-wasip1 --profile wasm
   stack/up.sh
+  python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
   mkdir -p "$logs" "$run"
 
   start wasm-host URNA_LISTEN=127.0.0.1:8081 URNA_MODULE_DIR="$root/target/wasm32-wasip1/wasm" "$bin/urna-host"
@@ -78,11 +79,8 @@ up() {
   done
   log "all $accepted accepted votes counted (votes:total $before → $after)"
   echo
-  echo "== results (Redis) =="
-  echo "votes by band:";    redis HGETALL votes:bands   | paste - -
-  echo "votes by album:";   redis HGETALL votes:albums  | paste - -
-  echo "rank sum by album:"; redis HGETALL votes:rank_sum | paste - -
-  echo "votes by producer:"; redis HGETALL votes:sources | paste - -
+  echo "== results =="
+  python3 scripts/show_results.py
   echo
   log "services keep running; stop everything with: make down"
 }
