@@ -55,10 +55,10 @@ stack-down:
 stack-status:
 	stack/status.sh
 
-## bench: consumer throughput with batching and with batch size 1, in one run
-bench:
-	stack/up.sh
-	$(CARGO) run --release -p urna-consumer --example throughput -- 20000 500 1
+## bench: vote logic native vs Wasm, consumer throughput batched vs batch size 1;
+##        writes docs/benchmarks.md
+bench: bootstrap
+	scripts/bench.sh
 
 ## clean: stop the stack and remove its data (caches in .cache/ stay; `rm -rf .cache` for those)
 clean:

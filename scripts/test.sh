@@ -19,8 +19,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+failed=()
+
 echo "== cargo test (unit, property and integration tests) =="
-cargo test --workspace --no-fail-fast
+cargo test --workspace --no-fail-fast || failed+=("cargo test")
 
 echo "== stack supervision tests (pytest) =="
 python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
@@ -29,5 +31,11 @@ python3 -m pytest stack/tests -q
 rc=$?
 set -e
 # pytest's 5 means it collected no test: a broken test layout, not a pass.
-if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
-exit "$rc"
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; failed+=("pytest (no tests)");
+elif [ "$rc" -ne 0 ]; then failed+=("pytest"); fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED suites: ${failed[*]}" >&2
+  exit 1
+fi
+echo "all test suites passed"

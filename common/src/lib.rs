@@ -6,12 +6,14 @@
 //! - [`producer_http`]: the producer HTTP API of the design contract (`POST /votes`,
 //!   health, readiness, metrics) over any [`producer_http::VoteBackend`]; the Wasm host
 //!   and the gRPC client front differ only in their backend.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, the same in every process.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or Ctrl-C.
 //! - [`stamp`]: vote ids (UUID v7) and the producer clock.
 
 pub mod config;
 pub mod kafka;
+pub mod ops;
 pub mod producer_http;
 pub mod shutdown;
 pub mod stamp;

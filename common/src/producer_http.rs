@@ -23,7 +23,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -108,7 +108,6 @@ struct AppState<B> {
     backend: Arc<B>,
     in_flight: Semaphore,
     settings: HttpSettings,
-    metrics: PrometheusHandle,
 }
 
 /// The router of the producer API over `backend`.
@@ -117,21 +116,22 @@ pub fn router<B: VoteBackend>(
     settings: HttpSettings,
     metrics: PrometheusHandle,
 ) -> Router {
+    let ready_backend = backend.clone();
+    let ops = crate::ops::router(
+        crate::ops::readiness(move || {
+            let backend = ready_backend.clone();
+            async move { backend.ready().await }
+        }),
+        "not ready: Kafka or the next hop is unreachable",
+        metrics,
+    );
     let state = Arc::new(AppState {
         backend,
         in_flight: Semaphore::new(settings.max_in_flight),
         settings,
-        metrics,
     });
     Router::new()
         .route("/votes", post(post_vote::<B>))
-        .route(
-            "/healthz",
-            get(|| async { json(StatusCode::OK, r#"{"status":"ok"}"#) }),
-        )
-        .route("/readyz", get(readyz::<B>))
-        .route("/metrics", get(metrics_text::<B>))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None) })
         .method_not_allowed_fallback(|| async {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -140,6 +140,8 @@ pub fn router<B: VoteBackend>(
             )
         })
         .with_state(state)
+        .merge(ops)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None) })
 }
 
 /// Serves `router` on an already-bound listener until `shutdown`, then finishes the
@@ -258,22 +260,6 @@ fn cast_error_response(e: CastError, retry_after_secs: u32) -> Response {
             None,
         ),
     }
-}
-
-async fn readyz<B: VoteBackend>(State(state): State<Arc<AppState<B>>>) -> Response {
-    if state.backend.ready().await {
-        json(StatusCode::OK, r#"{"status":"ready"}"#)
-    } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not ready", None)
-    }
-}
-
-async fn metrics_text<B: VoteBackend>(State(state): State<Arc<AppState<B>>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`), or `+json` types.

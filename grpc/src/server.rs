@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use futures::{Stream, StreamExt};
 use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
@@ -220,37 +217,11 @@ async fn follow_kafka(
 
 /// `/healthz`, `/readyz` (Kafka reachable) and `/metrics` of the server process.
 pub fn metrics_router(publisher: VotePublisher, metrics: PrometheusHandle) -> Router {
-    let json = |status: StatusCode, body: &'static str| {
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-    };
-    Router::new()
-        .route(
-            "/healthz",
-            get(move || async move { json(StatusCode::OK, r#"{"status":"ok"}"#) }),
-        )
-        .route(
-            "/readyz",
-            get(move || async move {
-                if publisher.is_ready() {
-                    json(StatusCode::OK, r#"{"status":"ready"}"#)
-                } else {
-                    json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        r#"{"error":"not ready","field":null}"#,
-                    )
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-                    .into_response()
-            }),
-        )
+    urna_common::ops::router(
+        urna_common::ops::readiness_sync(move || publisher.is_ready()),
+        "not ready: Kafka is unreachable",
+        metrics,
+    )
 }
 
 /// Runs the server on already-bound listeners until `shutdown`; then finishes the

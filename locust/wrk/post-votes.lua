@@ -1,5 +1,6 @@
 -- wrk script: POST /votes with the sample votes in turn.
---   wrk -t1 -c32 -d20s -s host/benches/post-votes.lua http://127.0.0.1:8081/votes
+--   wrk -t1 -c32 -d20s -s locust/wrk/post-votes.lua http://127.0.0.1:8081/votes   (Wasm producer)
+--   wrk -t1 -c32 -d20s -s locust/wrk/post-votes.lua http://127.0.0.1:8082/votes   (gRPC producer)
 -- Counts answers by status so non-202s are visible in the summary.
 local votes = {}
 for line in io.lines("locust/data/sample-votes.jsonl") do

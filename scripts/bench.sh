@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make bench`: measurements that need no load generator, written to docs/benchmarks.md.
+#  - the vote logic per vote: native vs one fresh Wasm instance (host/benches/invoke.rs);
+#  - consumer throughput into both sinks, batched vs batch size 1 (consumer/examples/throughput.rs).
+# Each figure comes from this one run on this machine; compare figures of the same run only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/benchmarks.md
+records=${URNA_BENCH_RECORDS:-20000}
+
+cargo build -p vote-module --target wasm32-wasip1 --profile wasm
+cargo build --release -p urna-consumer --example throughput
+stack/up.sh >/dev/null
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "[bench] vote logic: native vs Wasm"
+invoke=$(cargo bench -q -p urna-host --bench invoke 2>/dev/null)
+echo "$invoke"
+echo "[bench] consumer throughput ($records records)"
+consumer=$(target/release/examples/throughput "$records" 500 1 2>/dev/null)
+echo "$consumer"
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`make bench\` ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD),"
+  echo "$(nproc) cores, load average before the run: $load_before). One run; the machine is shared,"
+  echo "so compare figures of the same run with each other, not with another run's."
+  echo
+  echo "## The vote logic per vote: native vs a fresh Wasm instance"
+  echo
+  echo "\`cargo bench -p urna-host --bench invoke\`: \`native\` is \`urna_vote::handle\` + protobuf"
+  echo "encode (the gRPC server's work); \`wasm *\` is one fresh wasmtime instance of"
+  echo "\`vote_module.wasm\` per vote (the Wasm host's work); \`backend decide\` adds the host's"
+  echo "semaphore and \`spawn_blocking\` hand-off. No HTTP, no Kafka."
+  echo
+  echo '```text'
+  echo "$invoke"
+  echo '```'
+  echo
+  echo "## Consumer throughput into Redis and MongoDB"
+  echo
+  echo "\`target/release/examples/throughput $records 500 1\`: one member drains a fresh 6-partition"
+  echo "topic of $records records into both sinks; time from start until Redis holds every offset."
+  echo
+  echo "$consumer"
+} >"$out"
+echo "[bench] wrote $out"
