@@ -105,6 +105,8 @@ pub async fn run(
             (settings.session_timeout_ms / 3).max(500).to_string(),
         )
         .set("statistics.interval.ms", "5000")
+        // Bounds what librdkafka prefetches per member (default 64 MiB).
+        .set("queued.max.messages.kbytes", "16384")
         .create_with_context(context)
         .context("Kafka consumer")?;
     consumer.subscribe(&[&topic]).context("subscribe")?;
@@ -242,6 +244,7 @@ impl Member {
                             received = self.consumer.recv() => {
                                 if let Ok(m) = received {
                                     self.carry.push(m.detach());
+                                    self.pause();
                                 }
                             }
                         }
@@ -337,10 +340,10 @@ impl Member {
         Ok(())
     }
 
+    /// Pauses the whole current assignment. Called again when a message still arrives
+    /// while paused (a partition assigned meanwhile), so the carried-over messages stay
+    /// bounded by what one fetch can deliver per partition.
     fn pause(&mut self) {
-        if self.paused.is_some() {
-            return;
-        }
         metrics::gauge!("urna_consumer_paused").set(1.0);
         match self.consumer.assignment() {
             Ok(assignment) => {
