@@ -32,7 +32,8 @@ echo "$consumer"
   echo "\`cargo bench -p urna-host --bench invoke\`: \`native\` is \`urna_vote::handle\` + protobuf"
   echo "encode (the gRPC server's work); \`wasm *\` is one fresh wasmtime instance of"
   echo "\`vote_module.wasm\` per vote (the Wasm host's work); \`backend decide\` adds the host's"
-  echo "semaphore and \`spawn_blocking\` hand-off. No HTTP, no Kafka."
+  echo "semaphore and \`spawn_blocking\` hand-off; \`wasm run \`{\`\` is the run with a 1-byte"
+  echo "malformed body (almost no logic: the fixed cost of a fresh instance). No HTTP, no Kafka."
   echo
   echo '```text'
   echo "$invoke"

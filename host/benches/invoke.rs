@@ -3,6 +3,8 @@
 //! - `native`: `urna_vote::handle` + protobuf encode (what the gRPC server does);
 //! - `wasm instantiate` / `wasm run` / `wasm total`: one fresh instance of
 //!   `vote_module.wasm` per vote (the Wasm producer's per-request work);
+//! - ``wasm run `{` ``: the run with a 1-byte malformed body, i.e. the fixed cost of an
+//!   instance with almost no logic in it;
 //! - `backend decide`: the same through the host's backend from async code
 //!   (semaphore + `spawn_blocking` hand-off + invoke + result check).
 //!
@@ -124,6 +126,17 @@ fn main() {
         }
     }
 
+    // The same with a 1-byte malformed body: the logic does almost nothing, so what
+    // remains is the fixed cost of a fresh instance (memory set-up and teardown).
+    let mut run_trivial = Vec::with_capacity(iters);
+    for i in 0..iters + 1000 {
+        let invocation = module.invoke(b"{", uuid::Uuid::now_v7(), 1);
+        assert!(invocation.result.is_ok());
+        if i >= 1000 {
+            run_trivial.push(invocation.run);
+        }
+    }
+
     // Through the backend, from async code (includes the blocking-pool hand-off).
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -167,6 +180,7 @@ fn main() {
     Stats(native).report("native");
     Stats(inst).report("wasm instantiate");
     Stats(run).report("wasm run");
+    Stats(run_trivial).report("wasm run `{`");
     Stats(total).report("wasm total");
     Stats(decide).report("backend decide");
 }
