@@ -198,8 +198,7 @@ async fn follow_kafka(
             } else {
                 ServingStatus::NotServing
             };
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            reporter.set_service_status("", status).await;
+            set_health(&reporter, status).await;
             last = Some(ready);
         }
         tokio::select! {
@@ -207,12 +206,13 @@ async fn follow_kafka(
             _ = shutdown.cancelled() => break,
         }
     }
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&reporter, ServingStatus::NotServing).await;
+}
+
+/// The vote service and the server as a whole ("") always report the same status.
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status(SERVICE_NAME, status).await;
+    reporter.set_service_status("", status).await;
 }
 
 /// `/healthz`, `/readyz` (Kafka reachable) and `/metrics` of the server process.
@@ -240,12 +240,7 @@ pub async fn run(
     );
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&reporter, ServingStatus::NotServing).await;
     tokio::spawn(follow_kafka(reporter, publisher.clone(), shutdown.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
