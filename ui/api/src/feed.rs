@@ -1,0 +1,198 @@
+//! The live log feed behind `GET /api/logs/stream`.
+//!
+//! FerretDB has no change streams, so one task polls. It does not follow `logged_at`
+//! (each member stamps its batches with its own clock, so a log can arrive older than
+//! one already seen); it follows the consumer's progress record instead: per partition,
+//! the offset below which every log is already in MongoDB. Each poll reads that record
+//! and, where it moved, the logs in `[cursor, progress)` by `(partition, offset)`, and
+//! broadcasts them as one chunk `from → to`. Because a partition's offsets below its
+//! progress never gain a new log later and the ranges of successive chunks touch without
+//! overlapping, no log is skipped or repeated (docs/architecture.md, "Logs stream").
+//!
+//! Subscribers keep their own cursor. A slow one that falls behind the bounded
+//! broadcast, or a browser that reconnects with `Last-Event-ID`, catches up from MongoDB
+//! by the same range read; if that is too far it is told to `reset` (start afresh).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::cursor::Cursor;
+use crate::logs::{LogEntry, LogStore};
+
+/// Logs read per poll at most; more wait for the next poll (bounded memory per chunk).
+const CHUNK_MAX: usize = 2_000;
+/// Chunks kept for subscribers that are momentarily behind.
+const BROADCAST_CHUNKS: usize = 64;
+/// How far a subscriber may catch up from MongoDB before it is told to reset.
+pub const CATCH_UP_MAX: usize = 5_000;
+
+/// Logs that moved the feed from one cursor to the next.
+#[derive(Debug)]
+pub struct Chunk {
+    pub from: Cursor,
+    pub to: Cursor,
+    /// In display order: producer acceptance time, then id.
+    pub logs: Vec<LogEntry>,
+}
+
+pub struct LogFeed {
+    store: LogStore,
+    shared: Mutex<Shared>,
+}
+
+struct Shared {
+    /// `None` until the progress record was read once.
+    cursor: Option<Cursor>,
+    tx: broadcast::Sender<Arc<Chunk>>,
+}
+
+/// A subscription: the feed's position when it was taken and the chunks from there on.
+pub struct Subscription {
+    pub cursor: Cursor,
+    pub rx: broadcast::Receiver<Arc<Chunk>>,
+}
+
+impl LogFeed {
+    pub fn new(store: LogStore) -> Arc<LogFeed> {
+        let (tx, _) = broadcast::channel(BROADCAST_CHUNKS);
+        Arc::new(LogFeed {
+            store,
+            shared: Mutex::new(Shared { cursor: None, tx }),
+        })
+    }
+
+    pub fn store(&self) -> &LogStore {
+        &self.store
+    }
+
+    /// Subscribes; `None` while the feed has not reached MongoDB yet. Taking the
+    /// receiver and the cursor under one lock is what makes the first chunk a subscriber
+    /// receives start exactly at its cursor.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let cursor = shared.cursor.clone()?;
+        Some(Subscription {
+            cursor,
+            rx: shared.tx.subscribe(),
+        })
+    }
+
+    /// The feed's current position (`None` before the first successful poll).
+    pub fn cursor(&self) -> Option<Cursor> {
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cursor
+            .clone()
+    }
+
+    /// Polls every `every` until `shutdown`.
+    pub async fn run(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            match self.poll_once().await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("log feed: MongoDB answers again");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    metrics::counter!("urna_api_log_poll_errors_total").increment(1);
+                    if !failing {
+                        tracing::warn!(error = %e, "log feed: cannot read MongoDB; retrying");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// One poll: read progress and, where it moved, the logs in between.
+    pub async fn poll_once(&self) -> mongodb::error::Result<()> {
+        let progress = self.store.progress().await?;
+        // Only this task changes the cursor, so it may be read and written apart.
+        let Some(from) = self.cursor() else {
+            self.shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .cursor = Some(progress);
+            return Ok(());
+        };
+        if from.ranges_to(&progress).is_empty() {
+            return Ok(());
+        }
+        let (mut logs, to) = self.store.range(&from, &progress, CHUNK_MAX).await?;
+        sort_for_display(&mut logs);
+        metrics::counter!("urna_api_logs_streamed_total").increment(logs.len() as u64);
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.cursor = Some(to.clone());
+        // No receivers is not an error: nobody is watching.
+        let _ = shared.tx.send(Arc::new(Chunk { from, to, logs }));
+        Ok(())
+    }
+}
+
+pub fn sort_for_display(logs: &mut [LogEntry]) {
+    logs.sort_by(|a, b| (a.accepted_at_micros, &a.id).cmp(&(b.accepted_at_micros, &b.id)));
+}
+
+/// What a subscriber sends next.
+#[derive(Debug)]
+pub enum Step {
+    Logs(Vec<LogEntry>, Cursor),
+    /// Too far behind to catch up: the client should start afresh.
+    Reset,
+}
+
+/// Catches `mine` up to `target` from MongoDB (bounded by [`CATCH_UP_MAX`]).
+pub async fn catch_up(
+    store: &LogStore,
+    mine: &Cursor,
+    target: &Cursor,
+) -> mongodb::error::Result<Step> {
+    let (mut logs, reached) = store.range(mine, target, CATCH_UP_MAX).await?;
+    if !reached.ranges_to(target).is_empty() {
+        return Ok(Step::Reset);
+    }
+    sort_for_display(&mut logs);
+    let mut next = mine.clone();
+    next.advance_to(&reached);
+    Ok(Step::Logs(logs, next))
+}
+
+/// A subscriber at `mine` receives `chunk`: first what lies between `mine` and the
+/// chunk's start (it missed chunks), then the chunk's logs it has not had yet.
+pub async fn follow(
+    store: &LogStore,
+    mine: &Cursor,
+    chunk: &Chunk,
+) -> mongodb::error::Result<Step> {
+    let mut logs = Vec::new();
+    let mut next = mine.clone();
+    if !mine.ranges_to(&chunk.from).is_empty() {
+        match catch_up(store, mine, &chunk.from).await? {
+            Step::Logs(missed, reached) => {
+                logs = missed;
+                next = reached;
+            }
+            Step::Reset => return Ok(Step::Reset),
+        }
+    }
+    logs.extend(
+        chunk
+            .logs
+            .iter()
+            .filter(|l| next.is_pending(l.partition, l.offset))
+            .cloned(),
+    );
+    next.advance_to(&chunk.to);
+    Ok(Step::Logs(logs, next))
+}

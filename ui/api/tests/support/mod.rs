@@ -1,0 +1,311 @@
+//! Starting the API in-process on a free port against the real stack, with a private
+//! Redis prefix, Mongo collection, topic and group; writing logs and counters the way
+//! the consumer does; reading event streams.
+
+#![allow(dead_code)] // each test binary uses a part
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::{Client, Collection};
+use tokio_util::sync::CancellationToken;
+use urna_ui_api::Settings;
+
+pub struct Api {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    pub shutdown: CancellationToken,
+    pub http: reqwest::Client,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Private names for one test.
+pub fn private_settings() -> Settings {
+    urna_testkit::stack::require("Redis", &urna_testkit::stack::redis_url());
+    urna_testkit::stack::require("MongoDB", &urna_testkit::stack::mongo_url());
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        redis_url: urna_testkit::stack::redis_url(),
+        redis_prefix: format!("test-ui-{tag}"),
+        mongo_url: urna_testkit::stack::mongo_url(),
+        mongo_db: "urna_test".into(),
+        mongo_collection: format!("logs_{tag}"),
+        kafka_topic: format!("votes-{tag}"),
+        group_id: "test-ui".into(),
+        logs_poll_ms: 50,
+        results_interval_ms: 200,
+        // Nothing listens on port 9: the race reports both producers down.
+        race_producers: "wasm=http://127.0.0.1:9,grpc=http://127.0.0.1:9".into(),
+        sse_max_clients: 16,
+        web_dir: "/nonexistent".into(),
+    }
+}
+
+pub async fn start(settings: Settings) -> Api {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let running = settings.clone();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = urna_ui_api::run(running, listener, token).await {
+            panic!("API stopped: {e:#}");
+        }
+    });
+    let api = Api {
+        addr,
+        settings,
+        shutdown,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client"),
+    };
+    let url = api.url("/readyz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !api
+        .http
+        .get(&url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "API never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        let body = response.json().await.expect("JSON body");
+        (status, body)
+    }
+
+    /// Opens an event stream (with `Last-Event-ID` when given).
+    pub async fn stream(&self, path: &str, last_event_id: Option<&str>) -> EventStream {
+        let client = reqwest::Client::new();
+        let mut request = client.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("open stream");
+        assert_eq!(response.status().as_u16(), 200, "stream {path}");
+        EventStream::from_response(response)
+    }
+
+    /// The writer side, as the consumer's Mongo sink writes.
+    pub async fn mongo(&self) -> Logs {
+        let client = Client::with_uri_str(&self.settings.mongo_url)
+            .await
+            .expect("mongo");
+        let db = client.database(&self.settings.mongo_db);
+        Logs {
+            logs: db.collection(&self.settings.mongo_collection),
+            progress: db.collection(&format!("{}.progress", self.settings.mongo_collection)),
+            progress_id: format!("{}|{}", self.settings.group_id, self.settings.kafka_topic),
+            topic: self.settings.kafka_topic.clone(),
+        }
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.settings.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+
+    /// Removes this test's private keys and collections.
+    pub async fn clean_up(&self) {
+        let mut redis = self.redis().await;
+        let keys: Vec<String> = ["total", "bands", "albums", "rank_sum", "sources"]
+            .iter()
+            .map(|k| format!("{}:{k}", self.settings.redis_prefix))
+            .collect();
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+        let logs = self.mongo().await;
+        let _ = logs.logs.drop().await;
+        let _ = logs.progress.drop().await;
+    }
+}
+
+/// A log collection and its progress record, written like the consumer writes them.
+#[derive(Clone)]
+pub struct Logs {
+    pub logs: Collection<Document>,
+    pub progress: Collection<Document>,
+    pub progress_id: String,
+    pub topic: String,
+}
+
+/// One vote's log.
+#[derive(Clone, Debug)]
+pub struct Log {
+    pub partition: i32,
+    pub offset: i64,
+    pub band: &'static str,
+    pub album: &'static str,
+    pub year: i64,
+    pub rank: i64,
+    pub source: &'static str,
+    pub accepted_at_micros: i64,
+}
+
+impl Log {
+    pub fn id(&self, topic: &str) -> String {
+        format!("{topic}-{}-{}", self.partition, self.offset)
+    }
+}
+
+impl Logs {
+    /// One batch, the consumer's way: every log inserted (unordered, duplicates
+    /// ignored), *then* the progress raised with `$max`. `logged_at` is the writer's clock.
+    pub async fn write_batch(&self, logs: &[Log], logged_at: DateTime, member: &str) {
+        let docs: Vec<Document> = logs
+            .iter()
+            .map(|l| {
+                doc! {
+                    "_id": l.id(&self.topic),
+                    "vote_id": uuid::Uuid::new_v4().to_string(),
+                    "name": l.band,
+                    "album": l.album,
+                    "year": l.year,
+                    "rank": l.rank,
+                    "source": l.source,
+                    "accepted_at": DateTime::from_millis(l.accepted_at_micros / 1000),
+                    "accepted_at_micros": l.accepted_at_micros,
+                    "logged_at": logged_at,
+                    "topic": &self.topic,
+                    "partition": l.partition,
+                    "offset": l.offset,
+                    "member": member,
+                }
+            })
+            .collect();
+        if !docs.is_empty()
+            && let Err(e) = self.logs.insert_many(docs).ordered(false).await
+        {
+            let only_duplicates = match e.kind.as_ref() {
+                mongodb::error::ErrorKind::InsertMany(f) => f
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|w| w.iter().all(|w| w.code == 11000)),
+                _ => false,
+            };
+            assert!(only_duplicates, "insert: {e}");
+        }
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for l in logs {
+            let n = next.entry(l.partition).or_default();
+            *n = (*n).max(l.offset + 1);
+        }
+        let mut set = Document::new();
+        for (p, o) in next {
+            set.insert(format!("next.{p}"), o);
+        }
+        // Two writers creating the record at once: one upsert loses with a duplicate
+        // key (FerretDB); the consumer retries its batch then, and so does this.
+        for attempt in 1.. {
+            if set.is_empty() {
+                break;
+            }
+            let upsert = self
+                .progress
+                .update_one(
+                    doc! { "_id": &self.progress_id },
+                    doc! { "$max": set.clone() },
+                )
+                .upsert(true)
+                .await;
+            match upsert {
+                Ok(_) => break,
+                Err(e) if attempt < 5 && e.to_string().contains("E11000") => continue,
+                Err(e) => panic!("progress: {e}"),
+            }
+        }
+    }
+}
+
+/// A minimal Server-Sent Events reader.
+pub struct EventStream {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl Event {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+impl EventStream {
+    pub fn from_response(response: reqwest::Response) -> EventStream {
+        EventStream {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped); `None` at the end or after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Event::default();
+                let mut has_field = false;
+                for line in block.lines() {
+                    if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "event" => event.event = value.to_owned(),
+                            "id" => event.id = Some(value.to_owned()),
+                            "data" => {
+                                if !event.data.is_empty() {
+                                    event.data.push('\n');
+                                }
+                                event.data.push_str(value);
+                            }
+                            _ => continue,
+                        }
+                        has_field = true;
+                    }
+                }
+                if has_field && !event.data.is_empty() {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+        }
+    }
+}
