@@ -4,9 +4,13 @@
 //!   services read), and a clear failure when the stack is not running.
 //! - [`kafka`]: end offsets of a topic and reading the records a test produced.
 //! - [`contract`]: the producer HTTP API suite; both producers run exactly this.
+//! - [`poll`]: [`eventually`], waiting for a condition without fixed sleeps.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is the report
 
 pub mod contract;
 pub mod kafka;
+pub mod poll;
 pub mod stack;
+
+pub use poll::eventually;

@@ -1,9 +1,7 @@
 //! The local stack through the same drivers the services use (rdkafka, redis, mongodb):
-//! a record produced on `votes` is read back at its offset, and Redis and Mongo answer
-//! writes with the values written.
-//!
-//! The record on `votes` is not a vote: a consumer running on the same stack sends it to
-//! `votes.dlq` and counts nothing, so this test never changes the results.
+//! a record produced on a fresh topic of this test's own is read back at its offset, and
+//! Redis and Mongo answer writes with the values written. Nothing here touches the
+//! topics, keys or collections the services use.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
@@ -13,7 +11,7 @@ use mongodb::bson::doc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use urna_testkit::stack;
+use urna_testkit::{kafka, stack};
 
 fn unique() -> String {
     let nanos = std::time::SystemTime::now()
@@ -24,9 +22,10 @@ fn unique() -> String {
 }
 
 #[tokio::test]
-async fn a_record_produced_on_votes_is_read_back_at_its_offset() {
+async fn a_record_produced_is_read_back_at_its_offset() {
     stack::require_all();
     let brokers = stack::kafka_brokers();
+    let topic = kafka::fresh_topic(&brokers, "stack-test", 1).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("enable.idempotence", "true")
@@ -36,9 +35,7 @@ async fn a_record_produced_on_votes_is_read_back_at_its_offset() {
     let payload = format!("stack-test-{}", unique());
     let delivery = producer
         .send(
-            FutureRecord::to("votes")
-                .key("stack-test")
-                .payload(&payload),
+            FutureRecord::to(&topic).key("stack-test").payload(&payload),
             Duration::from_secs(10),
         )
         .await
@@ -52,7 +49,7 @@ async fn a_record_produced_on_votes_is_read_back_at_its_offset() {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("votes", delivery.partition, Offset::Offset(delivery.offset))
+    tpl.add_partition_offset(&topic, delivery.partition, Offset::Offset(delivery.offset))
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let message = tokio::task::spawn_blocking(move || {
@@ -71,6 +68,12 @@ async fn a_record_produced_on_votes_is_read_back_at_its_offset() {
         (delivery.partition, delivery.offset)
     );
     assert_eq!(message.payload(), Some(payload.as_bytes()));
+    assert_eq!(message.topic(), topic);
+    assert_eq!(
+        kafka::total_records(&brokers, &topic),
+        1,
+        "the one record, on the test's own topic"
+    );
 }
 
 #[tokio::test]
