@@ -1,17 +1,26 @@
 //! What the urna services share, so each exists once:
 //!
-//! - [`config`]: layered settings (defaults → optional TOML file → `URNA_*` env vars).
-//! - [`kafka`]: the Kafka producer set-up both producers publish with (idempotent,
-//!   acks=all, bounded queue, delivery deadline) and a readiness probe.
+//! - [`config`]: layered settings (defaults → optional TOML file → `URNA_*` env vars),
+//!   and the check that one deadline covers the stage it waits for.
+//! - [`kafka`]: the Kafka producer both producers publish with (idempotent, acks=all,
+//!   bounded queue, delivery timeout), its readiness probe, and its rebuild after a
+//!   fatal error.
+//! - [`deadline`]: a vote's deadline and the moment it is handed on (after which a
+//!   request waits for the definitive outcome: 503 means "not written").
 //! - [`producer_http`]: the producer HTTP API of the design contract (`POST /votes`,
 //!   health, readiness, metrics) over any [`producer_http::VoteBackend`]; the Wasm host
 //!   and the gRPC client front differ only in their backend.
+//! - [`http_server`]: serving it with bounded connections and a header deadline.
+//! - [`backoff`]: the one retry policy (exponential, jittered; `backon`).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, the same in every process.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or Ctrl-C.
 //! - [`stamp`]: vote ids (UUID v7) and the producer clock.
 
+pub mod backoff;
 pub mod config;
+pub mod deadline;
+pub mod http_server;
 pub mod kafka;
 pub mod ops;
 pub mod producer_http;

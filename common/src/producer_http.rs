@@ -7,12 +7,20 @@
 //! | valid JSON, invalid vote | `422 {"error", "field"}` |
 //! | body over 16 KiB | `413` |
 //! | content type not JSON | `415` |
-//! | Kafka unreachable or ack timed out | `503` + `Retry-After` |
+//! | body not received within `URNA_BODY_READ_TIMEOUT_MS` | `408` |
+//! | Kafka unreachable or the delivery failed: the vote was **not** written | `503` + `Retry-After` |
 //! | too many requests in flight | `429` |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus text |
 //!
 //! Every error has a JSON body `{"error": "...", "field": ... | null}`. What differs
 //! between the producers is only the [`VoteBackend`] behind `POST /votes`.
+//!
+//! One `POST /votes`, in order: content type (415); the body, read within its own
+//! deadline (408) and bounded to 16 KiB (413); only then one of `URNA_MAX_IN_FLIGHT`
+//! permits (429), so slow clients cannot hold permits while they trickle; then the
+//! backend, under a [`Deadline`] of `URNA_REQUEST_TIMEOUT_MS` that cuts the request off
+//! only until the backend hands the vote on (see [`crate::deadline`]). Connections are
+//! bounded and must send their headers in time ([`crate::http_server`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,14 +39,31 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use urna_vote::MAX_BODY_BYTES;
 
+use crate::config::ConfigError;
+use crate::deadline::Deadline;
+use crate::http_server::ConnectionLimits;
+use crate::kafka::{KafkaSettings, PublishError};
+
 /// HTTP front settings shared by both producers (flattened into their settings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HttpSettings {
-    /// `URNA_MAX_IN_FLIGHT`: requests handled at once; the next one gets 429.
+    /// `URNA_MAX_IN_FLIGHT`: votes handled at once (after their bodies arrived); the
+    /// next one gets 429.
     pub max_in_flight: usize,
-    /// `URNA_REQUEST_TIMEOUT_MS`: deadline of one `POST /votes`; must exceed the Kafka
-    /// ack timeout so a vote's fate is known before the deadline.
+    /// `URNA_MAX_CONNECTIONS`: connections open at once; more wait in the listen backlog.
+    /// Keep it under the process's file-descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// `URNA_HEADER_READ_TIMEOUT_MS`: time a connection has to send a request's headers
+    /// (also the idle time allowed between keep-alive requests); then it is closed.
+    pub header_read_timeout_ms: u64,
+    /// `URNA_BODY_READ_TIMEOUT_MS`: time a request has to send its body; then 408.
+    pub body_read_timeout_ms: u64,
+    /// `URNA_REQUEST_TIMEOUT_MS`: deadline of one `POST /votes` once its body is in. It
+    /// cuts a vote off only before the vote is handed on, and the hand-off needs the
+    /// next stage's whole timeout left, so it must be longer than that timeout
+    /// (`URNA_KAFKA_DELIVERY_TIMEOUT_MS` + 1 s, or the gRPC front's `URNA_GRPC_DEADLINE_MS`;
+    /// checked at start).
     pub request_timeout_ms: u64,
     /// `URNA_RETRY_AFTER_SECS`: the `Retry-After` of a 503.
     pub retry_after_secs: u32,
@@ -48,9 +73,28 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             max_in_flight: 1024,
+            max_connections: 4096,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 5_000,
             request_timeout_ms: 8_000,
             retry_after_secs: 2,
         }
+    }
+}
+
+impl HttpSettings {
+    /// The connection limits of [`serve`].
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+
+    /// For a producer that publishes to Kafka itself: the request deadline must cover
+    /// the delivery timeout and its report ([`KafkaSettings::check_deadline`]).
+    pub fn check_publishing(&self, kafka: &KafkaSettings) -> Result<(), ConfigError> {
+        kafka.check_deadline("URNA_REQUEST_TIMEOUT_MS", self.request_timeout_ms)
     }
 }
 
@@ -86,6 +130,16 @@ impl CastError {
         }
     }
 
+    /// How a publish failure is answered: not written, so 503 (or 429 for a full queue).
+    pub fn from_publish_error(err: PublishError) -> Self {
+        match err {
+            PublishError::Unavailable(reason) => CastError::Unavailable(reason),
+            PublishError::QueueFull => {
+                CastError::Overloaded("the Kafka producer queue is full".to_owned())
+            }
+        }
+    }
+
     fn outcome(&self) -> &'static str {
         match self {
             CastError::Rejected { .. } => "rejected",
@@ -99,7 +153,17 @@ impl CastError {
 /// What turns a request body into an acknowledged vote.
 pub trait VoteBackend: Send + Sync + 'static {
     /// Validates, stamps and publishes one vote body (at most 16 KiB, JSON content type).
-    fn cast(&self, body: Bytes) -> impl Future<Output = Result<Accepted, CastError>> + Send;
+    ///
+    /// `deadline` is the request's: the router stops waiting for `cast` when it passes,
+    /// *unless* the vote was handed on ([`Deadline::hand_off`], which
+    /// [`crate::kafka::VotePublisher::publish`] does when librdkafka takes the record);
+    /// from then on `cast` must return by itself, with the definitive outcome. Pass it to
+    /// `publish`, which refuses to hand off when too little of it is left.
+    fn cast(
+        &self,
+        body: Bytes,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Accepted, CastError>> + Send;
     /// Whether the backend can accept votes now (Kafka reachable, next hop up).
     fn ready(&self) -> impl Future<Output = bool> + Send;
 }
@@ -144,16 +208,16 @@ pub fn router<B: VoteBackend>(
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route", None) })
 }
 
-/// Serves `router` on an already-bound listener until `shutdown`, then finishes the
-/// requests in flight.
+/// Serves `router` on an already-bound listener with the connection limits of
+/// `settings` ([`crate::http_server`]) until `shutdown`, then finishes the requests in
+/// flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    settings: &HttpSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    crate::http_server::serve(listener, router, settings.connection_limits(), shutdown).await
 }
 
 async fn post_vote<B: VoteBackend>(
@@ -175,7 +239,7 @@ async fn post_vote<B: VoteBackend>(
 fn outcome_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         202 => "accepted",
-        400 | 413 | 415 | 422 => "rejected",
+        400 | 408 | 413 | 415 | 422 => "rejected",
         429 => "overloaded",
         503 => "unavailable",
         _ => "error",
@@ -187,6 +251,38 @@ async fn handle_vote<B: VoteBackend>(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
+    if !is_json(headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content type must be application/json",
+            None,
+        );
+    }
+    // The body first, under its own deadline: a slow client holds a connection, never
+    // one of the in-flight permits.
+    let body_deadline = Duration::from_millis(state.settings.body_read_timeout_ms);
+    let body = match tokio::time::timeout(body_deadline, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body is over the limit of {MAX_BODY_BYTES} bytes"),
+                None,
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "body not received within {} ms",
+                    state.settings.body_read_timeout_ms
+                ),
+                None,
+            );
+        }
+    };
     // Bounded: a request over the limit is refused, never queued.
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return error(
@@ -195,27 +291,28 @@ async fn handle_vote<B: VoteBackend>(
             None,
         );
     };
-    if !is_json(headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content type must be application/json",
-            None,
-        );
-    }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body is over the limit of {MAX_BODY_BYTES} bytes"),
-                None,
-            );
+    let deadline = Deadline::after(Duration::from_millis(state.settings.request_timeout_ms));
+    let cast = state.backend.cast(body, deadline.clone());
+    tokio::pin!(cast);
+    let until = deadline.at().map(tokio::time::sleep_until);
+    let result = match until {
+        None => cast.await,
+        Some(until) => {
+            tokio::select! {
+                result = &mut cast => result,
+                _ = until => {
+                    if deadline.is_handed_off() {
+                        // The vote is with Kafka (or the next hop): only its report
+                        // can say whether it was written, so wait for it.
+                        cast.await
+                    } else {
+                        Err(CastError::Unavailable(
+                            "deadline exceeded before the vote was handed to Kafka".to_owned(),
+                        ))
+                    }
+                }
+            }
         }
-    };
-    let deadline = Duration::from_millis(state.settings.request_timeout_ms);
-    let result = match tokio::time::timeout(deadline, state.backend.cast(body)).await {
-        Ok(result) => result,
-        Err(_) => Err(CastError::Unavailable("deadline exceeded".to_owned())),
     };
     match result {
         Ok(accepted) => (

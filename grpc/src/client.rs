@@ -2,22 +2,25 @@
 //! backend that forwards each vote body to the gRPC server.
 //!
 //! One long-lived HTTP/2 [`Channel`] carries every call (connected lazily, reconnected by
-//! tonic when the server goes away and comes back); each call has a deadline that the
-//! server sees too (`grpc-timeout`), and the number of calls in flight is bounded
-//! (the next vote gets 429, never a queue).
+//! tonic when the server goes away and comes back). Each call has a deadline the server
+//! sees too (`grpc-timeout`, `URNA_GRPC_DEADLINE_MS`) and enforces: the server answers
+//! within it, with Kafka's verdict. A vote is handed to the server only while the HTTP
+//! request's deadline still covers that call deadline; from then on the front waits
+//! for the server's answer. Calls in flight are bounded by the shared router's
+//! `URNA_MAX_IN_FLIGHT` (the next vote gets 429, never a queue).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use urna_common::deadline::Deadline;
 use urna_common::producer_http::{self, Accepted, CastError, VoteBackend};
 use urna_common::telemetry;
 
@@ -45,7 +48,6 @@ pub struct GrpcBackend {
     health: HealthClient<Channel>,
     deadline: Duration,
     health_timeout: Duration,
-    in_flight: Semaphore,
 }
 
 impl GrpcBackend {
@@ -56,7 +58,6 @@ impl GrpcBackend {
             health: HealthClient::new(channel),
             deadline: Duration::from_millis(settings.grpc_deadline_ms),
             health_timeout: Duration::from_millis(settings.grpc_health_timeout_ms),
-            in_flight: Semaphore::new(settings.grpc_max_in_flight),
         })
     }
 
@@ -79,12 +80,14 @@ impl GrpcBackend {
 }
 
 impl VoteBackend for GrpcBackend {
-    async fn cast(&self, body: Bytes) -> Result<Accepted, CastError> {
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(CastError::Overloaded(
-                "too many calls to the vote server in flight".to_owned(),
+    async fn cast(&self, body: Bytes, deadline: Deadline) -> Result<Accepted, CastError> {
+        if !deadline.allows(self.deadline) {
+            return Err(CastError::Unavailable(
+                "too little time left to wait for the vote server".to_owned(),
             ));
-        };
+        }
+        // The server decides now, within the call deadline: wait for its answer.
+        deadline.hand_off();
         match self.cast_raw(body).await {
             Ok(response) => Ok(Accepted { id: response.id }),
             Err(s) => Err(status::cast_error(&s)),
@@ -112,12 +115,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    settings.check()?;
     let metrics = telemetry::metrics();
     let backend = Arc::new(GrpcBackend::new(&settings)?);
     let router = producer_http::router(backend, settings.http.clone(), metrics);
     tracing::info!(addr = ?listener.local_addr().ok(), server = %settings.grpc_server_url,
         "gRPC client front listening");
-    producer_http::serve(listener, router, shutdown).await?;
+    producer_http::serve(listener, router, &settings.http, shutdown).await?;
     tracing::info!("gRPC client front stopped");
     Ok(())
 }

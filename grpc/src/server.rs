@@ -1,5 +1,11 @@
 //! The gRPC server: `urna.v1.VoteService` running the vote logic natively and
 //! publishing to Kafka, plus gRPC health, reflection and a small HTTP metrics port.
+//!
+//! A call's `grpc-timeout` is its [`Deadline`]: tonic drops the call when it passes, so a
+//! vote is handed to Kafka only while the deadline still covers the whole delivery
+//! timeout (else UNAVAILABLE, nothing written); once handed, the answer is Kafka's
+//! delivery report, which comes before the deadline. A `CastStream`'s votes share the
+//! stream's deadline.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,10 +18,12 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
 use urna_common::{stamp, telemetry};
 use urna_vote::{Ballot, Source};
@@ -57,7 +65,11 @@ impl Votes {
     }
 
     /// Judges, stamps and publishes one vote; answers after the Kafka ack.
-    async fn cast_one(&self, input: Option<Input>) -> Result<CastResponse, Status> {
+    async fn cast_one(
+        &self,
+        input: Option<Input>,
+        deadline: Deadline,
+    ) -> Result<CastResponse, Status> {
         let Ok(_permit) = self.inner.in_flight.try_acquire() else {
             return Err(Status::resource_exhausted(
                 "too many votes in flight; retry later",
@@ -85,7 +97,7 @@ impl Votes {
         let delivery = self
             .inner
             .publisher
-            .publish(record.id.as_bytes(), &payload)
+            .publish(record.id.as_bytes(), &payload, &deadline)
             .await
             .map_err(|e| status::publish_status(&e))?;
         Ok(CastResponse {
@@ -96,8 +108,13 @@ impl Votes {
         })
     }
 
-    async fn stream_outcome(&self, seq: u64, request: CastRequest) -> CastStreamResponse {
-        let outcome = match self.cast_one(request.input).await {
+    async fn stream_outcome(
+        &self,
+        seq: u64,
+        request: CastRequest,
+        deadline: Deadline,
+    ) -> CastStreamResponse {
+        let outcome = match self.cast_one(request.input, deadline).await {
             Ok(accepted) => Outcome::Accepted(accepted),
             Err(s) => match status::rejection_of(&s) {
                 Some(rejection) => Outcome::Rejected(rejection),
@@ -113,6 +130,31 @@ impl Votes {
             outcome: Some(outcome),
         }
     }
+}
+
+/// When the caller stops waiting: `grpc-timeout` (`<digits><H|M|S|m|u|n>`) from now.
+fn call_deadline(metadata: &MetadataMap) -> Option<tokio::time::Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let split = value.len().checked_sub(1)?;
+    let (amount, unit) = value.split_at(split);
+    if amount.is_empty() || amount.len() > 8 {
+        return None;
+    }
+    let amount: u64 = amount.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Some(tokio::time::Instant::now() + timeout)
+}
+
+fn deadline_at(at: Option<tokio::time::Instant>) -> Deadline {
+    at.map_or_else(Deadline::none, Deadline::until)
 }
 
 fn outcome_code(outcome: &Outcome) -> tonic::Code {
@@ -145,7 +187,8 @@ type CastStreamOut = Pin<Box<dyn Stream<Item = Result<CastStreamResponse, Status
 #[tonic::async_trait]
 impl VoteService for Votes {
     async fn cast(&self, request: Request<CastRequest>) -> Result<Response<CastResponse>, Status> {
-        let result = self.cast_one(request.into_inner().input).await;
+        let deadline = deadline_at(call_deadline(request.metadata()));
+        let result = self.cast_one(request.into_inner().input, deadline).await;
         count(
             "Cast",
             result
@@ -163,6 +206,7 @@ impl VoteService for Votes {
     ) -> Result<Response<Self::CastStreamStream>, Status> {
         let this = self.clone();
         let window = self.inner.stream_window;
+        let at = call_deadline(request.metadata());
         // Up to `window` votes of the stream are judged and published at once (their
         // acks overlap); answers keep request order.
         let out = request
@@ -172,7 +216,7 @@ impl VoteService for Votes {
                 let this = this.clone();
                 async move {
                     match item {
-                        Ok(request) => Ok(this.stream_outcome(seq, request).await),
+                        Ok(request) => Ok(this.stream_outcome(seq, request, deadline_at(at)).await),
                         Err(status) => Err(status),
                     }
                 }
@@ -233,11 +277,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = telemetry::metrics();
+    settings.check()?;
     let publisher = VotePublisher::new(&settings.kafka)?;
-    publisher.spawn_probe(
-        Duration::from_millis(settings.kafka_probe_interval_ms),
-        shutdown.clone(),
-    );
+    publisher.spawn_probe(shutdown.clone());
 
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -286,9 +328,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
 
-    let flushed =
-        tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await?;
-    if let Err(e) = flushed {
+    if let Err(e) = publisher.shutdown_flush().await {
         tracing::warn!(error = %e, "Kafka flush at shutdown failed");
     }
     tracing::info!("gRPC vote server stopped");
@@ -298,6 +338,29 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeout_is_read_in_every_unit() {
+        let now = tokio::time::Instant::now();
+        let at = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().expect("ascii"));
+            call_deadline(&metadata).map(|at| at - now)
+        };
+        let about = |d: Option<Duration>, want: Duration| {
+            d.is_some_and(|d| d >= want && d < want + Duration::from_secs(1))
+        };
+        assert!(about(at("7000000u"), Duration::from_secs(7)));
+        assert!(about(at("300m"), Duration::from_millis(300)));
+        assert!(about(at("2S"), Duration::from_secs(2)));
+        assert!(about(at("1M"), Duration::from_secs(60)));
+        assert!(about(at("1H"), Duration::from_secs(3600)));
+        assert!(about(at("5n"), Duration::ZERO));
+        for bad in ["", "m", "123456789m", "12x", "-1m", "1.5S"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+        assert!(call_deadline(&MetadataMap::new()).is_none());
+    }
 
     #[test]
     fn typed_vote_is_judged_as_its_json() {

@@ -2,7 +2,8 @@
 //! the TOML file named by `URNA_CONFIG`, then `URNA_<FIELD>` variables.
 
 use serde::{Deserialize, Serialize};
-use urna_common::kafka::KafkaSettings;
+use urna_common::config::{ConfigError, require_longer};
+use urna_common::kafka::{DELIVERY_REPORT_GRACE, KafkaSettings};
 use urna_common::producer_http::HttpSettings;
 
 /// The gRPC server (`urna-grpc-server`).
@@ -19,8 +20,6 @@ pub struct ServerSettings {
     pub grpc_max_concurrent_streams: u32,
     /// `URNA_GRPC_STREAM_WINDOW`: votes of one `CastStream` in progress at once.
     pub grpc_stream_window: usize,
-    /// `URNA_KAFKA_PROBE_INTERVAL_MS`: how often Kafka readiness is probed.
-    pub kafka_probe_interval_ms: u64,
     #[serde(flatten)]
     pub kafka: KafkaSettings,
 }
@@ -33,9 +32,15 @@ impl Default for ServerSettings {
             grpc_max_in_flight: 4096,
             grpc_max_concurrent_streams: 4096,
             grpc_stream_window: 64,
-            kafka_probe_interval_ms: 1_000,
             kafka: KafkaSettings::default(),
         }
+    }
+}
+
+impl ServerSettings {
+    /// Refuses settings that cannot work (see [`KafkaSettings::check`]).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.kafka.check()
     }
 }
 
@@ -48,13 +53,16 @@ pub struct ClientSettings {
     /// `URNA_GRPC_SERVER_URL`: the gRPC server (in the pod: the other container).
     pub grpc_server_url: String,
     /// `URNA_GRPC_DEADLINE_MS`: deadline of one Cast, sent to the server as
-    /// `grpc-timeout`. Above the Kafka ack timeout, below the HTTP request timeout, so a
-    /// vote's fate is decided by the server before either deadline fires.
+    /// `grpc-timeout`. The chain, checked at start: `URNA_REQUEST_TIMEOUT_MS` >
+    /// `URNA_GRPC_DEADLINE_MS` > `URNA_KAFKA_DELIVERY_TIMEOUT_MS` + 1 s, so the server
+    /// (which hands a vote to Kafka only while the call's deadline covers the delivery
+    /// timeout) always answers first, and the front only starts a call it can wait for.
     pub grpc_deadline_ms: u64,
+    /// `URNA_KAFKA_DELIVERY_TIMEOUT_MS`: the *server's* delivery timeout (the pod sets
+    /// this variable once for both containers); only used to check the chain above.
+    pub kafka_delivery_timeout_ms: u64,
     /// `URNA_GRPC_CONNECT_TIMEOUT_MS`: connecting (and reconnecting) to the server.
     pub grpc_connect_timeout_ms: u64,
-    /// `URNA_GRPC_MAX_IN_FLIGHT`: calls to the server at once; the next vote gets 429.
-    pub grpc_max_in_flight: usize,
     /// `URNA_GRPC_HEALTH_TIMEOUT_MS`: how long `/readyz` waits for the server's health.
     pub grpc_health_timeout_ms: u64,
     #[serde(flatten)]
@@ -67,10 +75,66 @@ impl Default for ClientSettings {
             listen: "127.0.0.1:8082".into(),
             grpc_server_url: "http://127.0.0.1:50051".into(),
             grpc_deadline_ms: 7_000,
+            kafka_delivery_timeout_ms: KafkaSettings::default().kafka_delivery_timeout_ms,
             grpc_connect_timeout_ms: 1_000,
-            grpc_max_in_flight: 1024,
             grpc_health_timeout_ms: 1_000,
             http: HttpSettings::default(),
         }
+    }
+}
+
+impl ClientSettings {
+    /// Refuses a deadline chain in which a stage could be cut off before the stage it
+    /// waits for has answered (see [`ClientSettings::grpc_deadline_ms`]).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        require_longer(
+            ("URNA_REQUEST_TIMEOUT_MS", self.http.request_timeout_ms),
+            ("URNA_GRPC_DEADLINE_MS", self.grpc_deadline_ms),
+            0,
+            "the front hands a vote to the server only with the whole call deadline left",
+        )?;
+        require_longer(
+            ("URNA_GRPC_DEADLINE_MS", self.grpc_deadline_ms),
+            (
+                "URNA_KAFKA_DELIVERY_TIMEOUT_MS",
+                self.kafka_delivery_timeout_ms,
+            ),
+            DELIVERY_REPORT_GRACE.as_millis() as u64,
+            "the server must be able to wait for Kafka's delivery report within the call",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_chain_holds_and_a_broken_one_is_refused() {
+        assert_eq!(ClientSettings::default().check(), Ok(()));
+        let short_call = ClientSettings {
+            grpc_deadline_ms: 5_500,
+            ..ClientSettings::default()
+        };
+        let err = short_call.check().unwrap_err().to_string();
+        assert!(
+            err.contains("URNA_GRPC_DEADLINE_MS=5500 must be longer than URNA_KAFKA_DELIVERY_TIMEOUT_MS=5000 plus 1000 ms"),
+            "{err}"
+        );
+        let short_request = ClientSettings {
+            http: HttpSettings {
+                request_timeout_ms: 7_000,
+                ..HttpSettings::default()
+            },
+            ..ClientSettings::default()
+        };
+        let err = short_request.check().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "URNA_REQUEST_TIMEOUT_MS=7000 must be longer than URNA_GRPC_DEADLINE_MS=7000"
+            ),
+            "{err}"
+        );
+        assert_eq!(ServerSettings::default().check(), Ok(()));
     }
 }

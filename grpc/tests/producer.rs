@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the report
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
@@ -26,7 +25,7 @@ use urna_grpc::pb::cast_stream_response::Outcome;
 use urna_grpc::pb::vote_service_client::VoteServiceClient;
 use urna_grpc::pb::{CastRequest, Vote};
 use urna_grpc::settings::{ClientSettings, ServerSettings};
-use urna_testkit::{contract, kafka, stack};
+use urna_testkit::{contract, eventually, kafka, stack};
 use urna_vote::{Ballot, Source};
 
 // ---------------------------------------------------------------- harness
@@ -42,7 +41,6 @@ impl Server {
     async fn start(kafka: KafkaSettings) -> Self {
         Self::start_with(ServerSettings {
             kafka,
-            kafka_probe_interval_ms: 200,
             ..ServerSettings::default()
         })
         .await
@@ -114,6 +112,7 @@ fn kafka_settings(brokers: &str, topic: &str) -> KafkaSettings {
     KafkaSettings {
         kafka_brokers: brokers.to_owned(),
         kafka_topic: topic.to_owned(),
+        kafka_probe_interval_ms: 200,
         ..KafkaSettings::default()
     }
 }
@@ -122,19 +121,6 @@ fn kafka_settings(brokers: &str, topic: &str) -> KafkaSettings {
 async fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
-}
-
-/// Polls `condition` until it holds; fails the test after `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn status_of(http: &reqwest::Client, url: &str) -> Option<StatusCode> {
@@ -512,7 +498,7 @@ async fn reflection_lists_and_describes_the_services() {
 async fn kafka_unreachable_gives_unavailable_and_503() {
     let dead = format!("127.0.0.1:{}", closed_port().await);
     let server = Server::start(KafkaSettings {
-        kafka_ack_timeout_ms: 1_000,
+        kafka_delivery_timeout_ms: 1_000,
         ..kafka_settings(&dead, "votes")
     })
     .await;
@@ -569,7 +555,6 @@ async fn server_down_gives_503_and_the_front_reconnects() {
     let topic = kafka::fresh_topic(&brokers, "grpc-down", 3).await;
     let settings = ServerSettings {
         kafka: kafka_settings(&brokers, &topic),
-        kafka_probe_interval_ms: 200,
         ..ServerSettings::default()
     };
     let server = Server::start_with(settings.clone()).await;
