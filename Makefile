@@ -7,6 +7,8 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 MODULE_DIR := target/$(WASM_TARGET)/wasm
 SAMPLE_VOTES := locust/data/sample-votes.jsonl
+# cargo-machete (unused dependencies), installed by scripts/bootstrap.sh
+MACHETE := .cache/cargo-tools/bin/cargo-machete
 
 .PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench
 
@@ -34,7 +36,10 @@ modules:
 build:
 	$(CARGO) build --workspace
 
+## lint: formatting, clippy -D warnings, and no unused dependencies (cargo machete)
 lint:
+	@test -x $(MACHETE) || scripts/bootstrap.sh
+	$(MACHETE) --skip-target-dir
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p vote-module --target $(WASM_TARGET) -- -D warnings

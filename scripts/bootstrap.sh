@@ -32,3 +32,10 @@ need python3 "install Python 3.11+"
 # rust-toolchain.toml pins the compiler and the wasm32-wasip1 target; rustup fetches both.
 rustup show active-toolchain >/dev/null
 rustup target list --installed | grep -q '^wasm32-wasip1$' || rustup target add wasm32-wasip1
+
+# cargo-machete for `make lint` (unused dependencies), into the project's cache.
+machete_root=.cache/cargo-tools
+if [ ! -x "$machete_root/bin/cargo-machete" ]; then
+  echo "bootstrap: installing cargo-machete into $machete_root"
+  cargo install cargo-machete --locked --root "$machete_root"
+fi
