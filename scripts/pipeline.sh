@@ -42,20 +42,58 @@ wait_ready() { # name, url
 
 redis() { redis-cli -p "${URNA_REDIS_PORT:-6379}" "$@"; }
 
+# Where WasmEdge is installed (WASMEDGE_DIR, else its installer's ~/.wasmedge), if anywhere.
+wasmedge_home() {
+  local dir
+  for dir in "${WASMEDGE_DIR:-}" "$HOME/.wasmedge"; do
+    if [[ -n $dir && -x $dir/bin/wasmedge && -e $dir/include/wasmedge/wasmedge.h ]]; then
+      echo "$dir"; return
+    fi
+  done
+}
+
 up() {
+  # The Wasm producer runs on WasmEdge (AOT-compiled modules) when WasmEdge is installed,
+  # else on wasmtime.
+  local wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm
+  local wasmedge; wasmedge=$(wasmedge_home)
+  if [[ -n $wasmedge ]]; then
+    export WASMEDGE_DIR=$wasmedge
+    export LD_LIBRARY_PATH=$wasmedge/lib:$wasmedge/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    wasm_runtime=wasmedge host_features=(--features urna-host/wasmedge)
+    log "WasmEdge found in $wasmedge: the Wasm producer will run on WasmEdge (AOT)"
+  else
+    log "WasmEdge not found (~/.wasmedge or WASMEDGE_DIR): the Wasm producer will run on wasmtime"
+  fi
   log "building release binaries and the vote modules"
-  cargo build --release -p urna-host -p urna-grpc -p urna-consumer
+  cargo build --release -p urna-host -p urna-grpc -p urna-consumer "${host_features[@]}"
   cargo build -p vote-module --target wasm32-wasip1 --profile wasm
+  if [[ $wasm_runtime == wasmedge ]]; then
+    # WasmEdge >= 0.17 interprets unless it runs in AOT mode with AOT-compiled code: the
+    # host picks AOT for a module that carries it (URNA_WASMEDGE_RUN_MODE=auto).
+    module_dir=$root/target/wasm32-wasip1/wasmedge-aot
+    mkdir -p "$module_dir"
+    "$wasmedge/bin/wasmedge" compile "$root/target/wasm32-wasip1/wasm/vote_module.wasm" \
+      "$module_dir/vote_module.wasm.tmp"
+    mv "$module_dir/vote_module.wasm.tmp" "$module_dir/vote_module.wasm"
+    log "vote_module.wasm AOT-compiled into $module_dir"
+  fi
   stack/up.sh
   python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
   mkdir -p "$logs" "$run"
 
-  start wasm-host URNA_LISTEN=127.0.0.1:8081 URNA_MODULE_DIR="$root/target/wasm32-wasip1/wasm" "$bin/urna-host"
+  start wasm-host URNA_LISTEN=127.0.0.1:8081 URNA_MODULE_DIR="$module_dir" \
+    URNA_WASM_RUNTIME="$wasm_runtime" "$bin/urna-host"
   start grpc-server URNA_GRPC_LISTEN=127.0.0.1:50051 "$bin/urna-grpc-server"
   start grpc-client URNA_LISTEN=127.0.0.1:8082 URNA_GRPC_SERVER_URL=http://127.0.0.1:50051 "$bin/urna-grpc-client"
   start consumer-1 URNA_LISTEN=127.0.0.1:9101 URNA_MEMBER_NAME=consumer-1 "$bin/urna-consumer"
   start consumer-2 URNA_LISTEN=127.0.0.1:9102 URNA_MEMBER_NAME=consumer-2 "$bin/urna-consumer"
   wait_ready wasm-host http://127.0.0.1:8081/readyz
+  if [[ $wasm_runtime == wasmedge ]]; then
+    log "Wasm producer runtime: WasmEdge, $(grep -o 'run_mode=[A-Za-z]*' "$logs/wasm-host.log" | tail -n 1 || true)"
+  else
+    log "Wasm producer runtime: wasmtime"
+  fi
   wait_ready grpc-client http://127.0.0.1:8082/readyz
   wait_ready consumer-1 http://127.0.0.1:9101/readyz
   wait_ready consumer-2 http://127.0.0.1:9102/readyz

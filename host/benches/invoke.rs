@@ -6,7 +6,9 @@
 //! - ``wasm run `{` ``: the run with a 1-byte malformed body, i.e. the fixed cost of an
 //!   instance with almost no logic in it;
 //! - `backend decide`: the same through the host's backend from async code
-//!   (semaphore + `spawn_blocking` hand-off + invoke + result check).
+//!   (semaphore + `spawn_blocking` hand-off + invoke + result check);
+//! - `healthz, slots looping`: `GET /healthz` of a host whose every invocation slot is
+//!   held by a looping module (the time the host tests no longer assert).
 //!
 //! `cargo bench -p urna-host --bench invoke` (needs `make modules`). Prints
 //! percentiles; asserts nothing. `URNA_BENCH_ITERS` sets the sample size.
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use urna_host::runtime::{self, Limits};
+use urna_host::runtime::{self, Limits, RunMode};
 
 fn module_path() -> PathBuf {
     std::env::var_os("URNA_MODULE_DIR")
@@ -66,7 +68,8 @@ fn main() {
     let bytes = std::fs::read(module_path())
         .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", module_path().display()));
     let limits = Limits {
-        deadline: Duration::from_millis(100),
+        cpu_budget: Duration::from_millis(100),
+        wall_limit: Duration::from_millis(1_000),
         memory_bytes: 16 << 20,
         max_instances: 16,
         keep_resident_bytes: std::env::var("URNA_WASM_KEEP_RESIDENT_KB")
@@ -75,7 +78,7 @@ fn main() {
             .unwrap_or(0)
             << 10,
     };
-    let rt = runtime::by_name(&runtime_name, limits).unwrap();
+    let rt = runtime::by_name(&runtime_name, limits, RunMode::Auto).unwrap();
     let compile = Instant::now();
     let module = rt.load(&bytes).unwrap();
     println!(
@@ -149,7 +152,7 @@ fn main() {
         std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
         let slot = Arc::new(
             urna_host::ModuleSlot::load(
-                runtime::by_name(&runtime_name, limits).unwrap(),
+                runtime::by_name(&runtime_name, limits, RunMode::Auto).unwrap(),
                 dir.join(urna_host::MODULE_FILE),
             )
             .unwrap(),
@@ -158,7 +161,7 @@ fn main() {
         let publisher =
             urna_common::kafka::VotePublisher::new(&urna_common::kafka::KafkaSettings::default())
                 .unwrap();
-        let backend = urna_host::WasmBackend::new(slot, publisher, 16);
+        let backend = urna_host::WasmBackend::new(slot, publisher, 16, Duration::from_secs(1));
         let mut samples = Vec::with_capacity(iters);
         for i in 0..iters + 1000 {
             let body = bytes::Bytes::from(votes[i % votes.len()].clone());
@@ -177,10 +180,84 @@ fn main() {
         samples
     });
 
+    let healthz = tokio.block_on(healthz_while_looping(&runtime_name, iters.min(2_000)));
+
     Stats(native).report("native");
     Stats(inst).report("wasm instantiate");
     Stats(run).report("wasm run");
     Stats(run_trivial).report("wasm run `{`");
     Stats(total).report("wasm total");
     Stats(decide).report("backend decide");
+    Stats(healthz).report("healthz, slots looping");
+}
+
+/// A module whose every vote loops until stopped.
+const LOOPING: &str = r#"(module (memory (export "memory") 1)
+  (func (export "urna_abi_version") (result i32) (i32.const 1))
+  (func (export "urna_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "urna_handle_vote") (param i32 i32 i64 i64 i64) (result i64)
+    (loop $l (br $l)) (i64.const 0)))"#;
+
+/// `GET /healthz` latencies of a host (no Kafka needed) while clients keep all its
+/// invocation slots busy with a looping module.
+async fn healthz_while_looping(runtime_name: &str, samples: usize) -> Vec<Duration> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = std::env::temp_dir().join(format!("urna-bench-healthz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(urna_host::MODULE_FILE),
+        wat::parse_str(LOOPING).unwrap(),
+    )
+    .unwrap();
+    let mut settings = urna_host::Settings {
+        module_dir: dir.clone(),
+        wasm_runtime: runtime_name.to_owned(),
+        wasm_max_instances: 4,
+        ..urna_host::Settings::default()
+    };
+    settings.kafka.kafka_brokers = "127.0.0.1:9".into(); // nobody: not needed here
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let host = urna_host::Host::start(settings).await.unwrap();
+    let backend = host.backend().clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(host.serve(listener, shutdown.clone()));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Four clients, one per slot, each looping vote answered 500 and sent again.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, stop, backend) = (base.clone(), stop.clone(), backend.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = http
+                        .post(format!("{base}/votes"))
+                        .header("content-type", "application/json")
+                        .body("{}")
+                        .send()
+                        .await;
+                }
+                drop(backend);
+            })
+        })
+        .collect();
+    while backend.free_slots() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        latencies.push(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies
 }

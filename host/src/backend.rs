@@ -10,22 +10,32 @@
 //!   pool;
 //! - the semaphore keeps the number of threads and pool slots bounded; the hand-off
 //!   costs a few microseconds, measured by `urna_wasm_queue_duration_seconds`.
+//!
+//! Time bounds, so that a 503 always means "not written": the wait for a slot is bounded
+//! by `URNA_WASM_SLOT_WAIT_MS` and the module's run by its wall limit
+//! (`URNA_WASM_WALL_LIMIT_MS`); together with the Kafka delivery timeout they fit inside
+//! the HTTP request deadline (checked at start, [`crate::Settings::validate`]). A vote
+//! that did not get a slot in time, or was stopped without having had its CPU budget
+//! ([`InvokeErrorKind::Starved`]), never reached `publish`: it gets 503 + Retry-After.
+//! A module at fault (trap, budget burned, bad output) gets 500.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use urna_common::kafka::{PublishError, VotePublisher};
+use urna_common::deadline::Deadline;
+use urna_common::kafka::VotePublisher;
 use urna_common::producer_http::{Accepted, CastError, VoteBackend};
 
 use crate::modules::ModuleSlot;
-use crate::runtime::{Invocation, ModuleOutput, decode_output};
+use crate::runtime::{Invocation, InvokeError, InvokeErrorKind, ModuleOutput, decode_output};
 
 pub struct WasmBackend {
     modules: Arc<ModuleSlot>,
     publisher: VotePublisher,
     slots: Arc<Semaphore>,
+    slot_wait: Duration,
 }
 
 /// What one run of the module decided.
@@ -34,25 +44,55 @@ pub enum Decision {
     Reject { status: u16, body: Bytes },
 }
 
+/// The answer to a failed invocation: the module's fault is a 500, the machine's a 503.
+pub fn cast_error(e: &InvokeError) -> CastError {
+    if e.kind.is_module_fault() {
+        CastError::Internal(e.to_string())
+    } else {
+        CastError::Unavailable(e.to_string())
+    }
+}
+
 impl WasmBackend {
-    pub fn new(modules: Arc<ModuleSlot>, publisher: VotePublisher, max_instances: usize) -> Self {
+    /// `max_instances` invocations at once; a request waits at most `slot_wait` for one.
+    pub fn new(
+        modules: Arc<ModuleSlot>,
+        publisher: VotePublisher,
+        max_instances: usize,
+        slot_wait: Duration,
+    ) -> Self {
         WasmBackend {
             modules,
             publisher,
             slots: Arc::new(Semaphore::new(max_instances)),
+            slot_wait,
         }
+    }
+
+    /// Invocation slots free right now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
     }
 
     /// Runs the module on one body in a fresh instance (no Kafka): the Wasm half of
     /// `cast`, also used by the benchmark.
     pub async fn decide(&self, body: Bytes) -> Result<Decision, CastError> {
         let queued = Instant::now();
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CastError::Internal("invocation slots closed".into()))?;
+        let permit =
+            match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(CastError::Internal("invocation slots closed".into())),
+                Err(_) => {
+                    let runtime = self.modules.runtime_name();
+                    metrics::counter!("urna_wasm_invocations_total",
+                    "runtime" => runtime, "outcome" => "no_slot")
+                    .increment(1);
+                    return Err(CastError::Unavailable(format!(
+                        "no Wasm invocation slot became free within {} ms",
+                        self.slot_wait.as_millis()
+                    )));
+                }
+            };
         // The module serving now; a reload during this request does not affect it.
         let deployed = self.modules.current();
         let runtime = self.modules.runtime_name();
@@ -73,6 +113,7 @@ impl WasmBackend {
             result,
             instantiate,
             run,
+            cpu: _,
         } = invocation;
         let decoded = result.and_then(|out| decode_output(out, id, at));
         let outcome = match &decoded {
@@ -103,27 +144,32 @@ impl WasmBackend {
                 body: Bytes::from(body),
             }),
             Err(e) => {
-                tracing::warn!(error = %e, "vote module failed this request");
-                Err(CastError::Internal(e.to_string()))
+                if e.kind == InvokeErrorKind::Starved {
+                    tracing::warn!(error = %e, "vote stopped without its CPU budget: machine busy");
+                } else {
+                    tracing::warn!(error = %e, "vote module failed this request");
+                }
+                Err(cast_error(&e))
             }
         }
     }
 }
 
 impl VoteBackend for WasmBackend {
-    async fn cast(&self, body: Bytes) -> Result<Accepted, CastError> {
+    async fn cast(&self, body: Bytes, deadline: Deadline) -> Result<Accepted, CastError> {
         match self.decide(body).await? {
             Decision::Reject { status, body } => Err(CastError::Rejected { status, body }),
             Decision::Accept { id, payload } => {
                 // Keyed by the vote id: records spread evenly over the partitions.
-                match self.publisher.publish(id.as_bytes(), &payload).await {
+                match self
+                    .publisher
+                    .publish(id.as_bytes(), &payload, &deadline)
+                    .await
+                {
                     Ok(_) => Ok(Accepted {
                         id: id.hyphenated().to_string(),
                     }),
-                    Err(PublishError::Unavailable(reason)) => Err(CastError::Unavailable(reason)),
-                    Err(PublishError::QueueFull) => {
-                        Err(CastError::Overloaded("Kafka producer queue is full".into()))
-                    }
+                    Err(e) => Err(CastError::from_publish_error(e)),
                 }
             }
         }
@@ -131,5 +177,26 @@ impl VoteBackend for WasmBackend {
 
     async fn ready(&self) -> bool {
         self.publisher.is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_starved_invocation_is_retryable() {
+        for kind in [
+            InvokeErrorKind::Trap,
+            InvokeErrorKind::Deadline,
+            InvokeErrorKind::Memory,
+            InvokeErrorKind::BadOutput,
+            InvokeErrorKind::Instantiate,
+        ] {
+            let e = InvokeError::new(kind, "x");
+            assert!(matches!(cast_error(&e), CastError::Internal(_)), "{kind:?}");
+        }
+        let e = InvokeError::new(InvokeErrorKind::Starved, "x");
+        assert!(matches!(cast_error(&e), CastError::Unavailable(_)));
     }
 }

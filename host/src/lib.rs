@@ -4,11 +4,14 @@
 //!
 //! Per `POST /votes`:
 //! 1. the router checks content type, size and the in-flight bound (415/413/429);
-//! 2. the backend stamps an id (UUID v7) and a time, waits for one of
-//!    `URNA_WASM_MAX_INSTANCES` invocation slots, and runs the module on the blocking
-//!    pool ([`backend`]): instantiate, call `urna_handle_vote`, drop the instance;
-//! 3. a rejection is answered exactly as the module says (400/413/422); a trap,
-//!    timeout, memory blow-up or malformed result is a 500 for this request only;
+//! 2. the backend stamps an id (UUID v7) and a time, waits (at most
+//!    `URNA_WASM_SLOT_WAIT_MS`) for one of `URNA_WASM_MAX_INSTANCES` invocation slots,
+//!    and runs the module on the blocking pool ([`backend`]): instantiate, call
+//!    `urna_handle_vote`, drop the instance;
+//! 3. a rejection is answered exactly as the module says (400/413/422); a trap, a
+//!    burned CPU budget, memory blow-up or malformed result is a 500 for this request
+//!    only; no slot in time, or a stop at the wall limit without the CPU budget used
+//!    (a saturated machine), is a 503 + `Retry-After`;
 //! 4. an accepted record is published and the client gets 202 once Kafka acknowledged
 //!    it (503 + `Retry-After` when Kafka is unreachable).
 //!
@@ -50,8 +53,18 @@ pub struct Settings {
     pub module_poll_ms: u64,
     /// `URNA_WASM_RUNTIME`: `wasmtime` (default) or `wasmedge` (needs the feature).
     pub wasm_runtime: String,
-    /// `URNA_WASM_DEADLINE_MS`: budget of one invocation (instantiate + run).
-    pub wasm_deadline_ms: u64,
+    /// `URNA_WASMEDGE_RUN_MODE`: `auto` (AOT when the module carries AOT code, else the
+    /// interpreter), `aot`, `interpreter` or `jit`. WasmEdge only.
+    pub wasmedge_run_mode: runtime::RunMode,
+    /// `URNA_WASM_CPU_BUDGET_MS`: CPU time one invocation (instantiate + run) may use;
+    /// a module that uses it is stopped and answered 500 (its fault).
+    pub wasm_cpu_budget_ms: u64,
+    /// `URNA_WASM_WALL_LIMIT_MS`: wall-clock bound of one invocation; stopped there
+    /// without having used its CPU budget, a vote gets 503 (the machine was busy).
+    pub wasm_wall_limit_ms: u64,
+    /// `URNA_WASM_SLOT_WAIT_MS`: how long a vote may wait for an invocation slot
+    /// before it gets 503.
+    pub wasm_slot_wait_ms: u64,
     /// `URNA_WASM_MEMORY_MB`: linear memory cap of one instance.
     pub wasm_memory_mb: u64,
     /// `URNA_WASM_MAX_INSTANCES`: invocations at once (0: four per CPU). Requests
@@ -60,10 +73,7 @@ pub struct Settings {
     /// `URNA_WASM_KEEP_RESIDENT_KB`: memory of a pooled instance slot kept resident
     /// (zeroed on reuse, no page faults next time) instead of returned to the kernel.
     pub wasm_keep_resident_kb: u64,
-    /// `URNA_KAFKA_PROBE_MS`: how often Kafka reachability (readiness) is probed.
-    pub kafka_probe_ms: u64,
-    /// `URNA_SHUTDOWN_FLUSH_MS`: how long shutdown waits for unacknowledged records.
-    pub shutdown_flush_ms: u64,
+    /// Kafka, incl. `URNA_KAFKA_PROBE_INTERVAL_MS` and `URNA_SHUTDOWN_FLUSH_MS`.
     #[serde(flatten)]
     pub kafka: KafkaSettings,
     #[serde(flatten)]
@@ -77,12 +87,13 @@ impl Default for Settings {
             module_dir: PathBuf::from("target/wasm32-wasip1/wasm"),
             module_poll_ms: 500,
             wasm_runtime: "wasmtime".into(),
-            wasm_deadline_ms: 100,
+            wasmedge_run_mode: runtime::RunMode::Auto,
+            wasm_cpu_budget_ms: 100,
+            wasm_wall_limit_ms: 1_000,
+            wasm_slot_wait_ms: 500,
             wasm_memory_mb: 16,
             wasm_max_instances: 0,
             wasm_keep_resident_kb: 0,
-            kafka_probe_ms: 1_000,
-            shutdown_flush_ms: 10_000,
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
         }
@@ -92,7 +103,49 @@ impl Default for Settings {
 impl Settings {
     /// Settings from the environment (and `URNA_CONFIG`).
     pub fn from_env() -> anyhow::Result<Settings> {
-        urna_common::config::load::<Settings>().map_err(|e| anyhow::anyhow!("settings: {e}"))
+        let settings = urna_common::config::load::<Settings>()
+            .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings under which a 503 could be answered for a vote that still lands
+    /// on Kafka later, or a vote that could be published would be refused as too late:
+    /// the slot wait, the module's wall limit and the Kafka delivery timeout (plus the
+    /// time librdkafka takes to report) must fit inside the HTTP request deadline.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        // The request deadline must cover Kafka's delivery timeout (503 = not written).
+        self.http.check_publishing(&self.kafka)?;
+        let parts = [
+            ("URNA_WASM_SLOT_WAIT_MS", self.wasm_slot_wait_ms),
+            ("URNA_WASM_WALL_LIMIT_MS", self.wasm_wall_limit_ms),
+            (
+                "URNA_KAFKA_DELIVERY_TIMEOUT_MS (+ report grace)",
+                self.kafka.delivery_budget().as_millis() as u64,
+            ),
+        ];
+        let sum: u64 = parts.iter().map(|p| p.1).sum();
+        let request = self.http.request_timeout_ms;
+        if sum >= request {
+            let parts = parts
+                .iter()
+                .map(|(name, ms)| format!("{name} ({ms})"))
+                .collect::<Vec<_>>()
+                .join(" + ");
+            anyhow::bail!(
+                "settings: {parts} = {sum} ms must be less than URNA_REQUEST_TIMEOUT_MS \
+                 ({request} ms), or a vote could get 503 and still be written"
+            );
+        }
+        if self.wasm_cpu_budget_ms == 0 || self.wasm_cpu_budget_ms > self.wasm_wall_limit_ms {
+            anyhow::bail!(
+                "settings: URNA_WASM_CPU_BUDGET_MS ({}) must be between 1 and \
+                 URNA_WASM_WALL_LIMIT_MS ({})",
+                self.wasm_cpu_budget_ms,
+                self.wasm_wall_limit_ms
+            );
+        }
+        Ok(())
     }
 
     pub fn module_path(&self) -> PathBuf {
@@ -107,7 +160,8 @@ impl Settings {
             self.wasm_max_instances
         };
         runtime::Limits {
-            deadline: Duration::from_millis(self.wasm_deadline_ms),
+            cpu_budget: Duration::from_millis(self.wasm_cpu_budget_ms),
+            wall_limit: Duration::from_millis(self.wasm_wall_limit_ms),
             memory_bytes: usize::try_from(self.wasm_memory_mb << 20).unwrap_or(usize::MAX),
             max_instances,
             keep_resident_bytes: usize::try_from(self.wasm_keep_resident_kb << 10)
@@ -128,8 +182,9 @@ impl Host {
     /// Loads the module (refusing to start without a valid one) and sets up Kafka.
     /// Probes Kafka once so a healthy host is ready as soon as it listens.
     pub async fn start(settings: Settings) -> anyhow::Result<Host> {
+        settings.validate()?;
         let limits = settings.limits();
-        let runtime = runtime::by_name(&settings.wasm_runtime, limits)?;
+        let runtime = runtime::by_name(&settings.wasm_runtime, limits, settings.wasmedge_run_mode)?;
         let path = settings.module_path();
         let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(runtime, path))
             .await
@@ -147,6 +202,7 @@ impl Host {
             modules.clone(),
             publisher.clone(),
             limits.max_instances as usize,
+            Duration::from_millis(settings.wasm_slot_wait_ms),
         ));
         Ok(Host {
             settings,
@@ -173,10 +229,7 @@ impl Host {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let background = shutdown.child_token();
-        self.publisher.spawn_probe(
-            Duration::from_millis(self.settings.kafka_probe_ms),
-            background.clone(),
-        );
+        self.publisher.spawn_probe(background.clone());
         self.modules.spawn_watch(
             Duration::from_millis(self.settings.module_poll_ms),
             background.clone(),
@@ -194,16 +247,12 @@ impl Host {
             topic = %self.settings.kafka.kafka_topic,
             "wasm producer listening"
         );
-        let served = producer_http::serve(listener, router, shutdown).await;
+        let served = producer_http::serve(listener, router, &self.settings.http, shutdown).await;
         background.cancel();
         tracing::info!("stopped accepting; in-flight requests done; flushing Kafka producer");
-        let publisher = self.publisher.clone();
-        let flush_timeout = Duration::from_millis(self.settings.shutdown_flush_ms);
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(flush_timeout)).await;
-        match flushed {
-            Ok(Ok(())) => tracing::info!("Kafka producer flushed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "Kafka producer flush incomplete"),
-            Err(e) => tracing::warn!(error = %e, "Kafka producer flush panicked"),
+        match self.publisher.shutdown_flush().await {
+            Ok(()) => tracing::info!("Kafka producer flushed"),
+            Err(e) => tracing::warn!(error = %e, "Kafka producer flush incomplete"),
         }
         served.context("HTTP server")
     }
@@ -219,4 +268,50 @@ pub async fn run_from_env() -> anyhow::Result<()> {
     let shutdown = urna_common::shutdown::on_signal();
     let host = Host::start(settings).await?;
     host.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_fit_inside_the_request_deadline() {
+        Settings::default()
+            .validate()
+            .expect("defaults are consistent");
+    }
+
+    /// 503 must mean "not written": a vote may wait for a slot, run until the wall
+    /// limit and then wait for Kafka's delivery timeout, all inside the HTTP deadline.
+    #[test]
+    fn settings_that_could_answer_503_after_writing_are_refused() {
+        let mut s = Settings {
+            wasm_slot_wait_ms: 2_000,
+            wasm_wall_limit_ms: 2_000,
+            ..Settings::default()
+        };
+        s.kafka.kafka_delivery_timeout_ms = 3_000; // + 1 s for its report
+        s.http.request_timeout_ms = 8_000;
+        let e = s
+            .validate()
+            .expect_err("2 + 2 + 3 + 1 s do not fit in 8 s")
+            .to_string();
+        for name in [
+            "URNA_WASM_SLOT_WAIT_MS",
+            "URNA_WASM_WALL_LIMIT_MS",
+            "URNA_KAFKA_DELIVERY_TIMEOUT_MS",
+            "URNA_REQUEST_TIMEOUT_MS",
+        ] {
+            assert!(e.contains(name), "{e}");
+        }
+        s.http.request_timeout_ms = 8_001;
+        s.validate().expect("fits with a millisecond to spare");
+
+        s.wasm_cpu_budget_ms = 3_000;
+        let e = s
+            .validate()
+            .expect_err("budget over the wall limit")
+            .to_string();
+        assert!(e.contains("URNA_WASM_CPU_BUDGET_MS"), "{e}");
+    }
 }

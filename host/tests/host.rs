@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 use urna_host::runtime::{InvokeErrorKind, LoadError, ModuleOutput, decode_output};
@@ -86,6 +86,10 @@ fn every_invocation_gets_a_fresh_instance() {
     }
 }
 
+/// The contract, for every runtime: a misbehaving invocation fails alone — as the
+/// module's fault (a 500, never a retryable 503) — and the next vote on the same module,
+/// and on another module, is served. How it fails may differ: wasmtime traps on call
+/// depth, WasmEdge's interpreter does not and stops the recursion at the wall limit.
 #[test]
 fn misbehaving_invocations_fail_alone() {
     for rt in runtimes() {
@@ -93,39 +97,31 @@ fn misbehaving_invocations_fail_alone() {
             .load(&evil_module())
             .expect("evil module passes the ABI check");
         let real = rt.load(&real_module()).expect("real module");
-        for (first, want) in [
-            ("T", InvokeErrorKind::Trap),
-            ("L", InvokeErrorKind::Deadline),
-            ("M", InvokeErrorKind::Memory),
-            ("S", InvokeErrorKind::Trap),
-            ("O", InvokeErrorKind::BadOutput),
-            ("X", InvokeErrorKind::Trap),
+        for (first, exact) in [
+            ("T", Some(InvokeErrorKind::Trap)),
+            // An endless loop burns CPU: stopped at its budget, its own fault.
+            ("L", Some(InvokeErrorKind::Deadline)),
+            ("M", None), // wasmtime: Memory; elsewhere the module's trap after -1
+            ("S", None), // stack overflow trap, or stopped after burning the budget
+            ("O", Some(InvokeErrorKind::BadOutput)),
+            ("H", Some(InvokeErrorKind::BadOutput)),
+            ("X", Some(InvokeErrorKind::Trap)),
+            ("W", Some(InvokeErrorKind::Trap)),
         ] {
-            let started = Instant::now();
             let result = evil
                 .invoke(first.as_bytes(), uuid::Uuid::now_v7(), 0)
                 .result;
-            let elapsed = started.elapsed();
             let err = result.expect_err(first);
-            // Only wasmtime's limiter tells a refused growth apart; elsewhere the
-            // module's own trap after `memory.grow` = -1 is what the host sees.
-            let alternative = (rt.name() != "wasmtime" && want == InvokeErrorKind::Memory)
-                .then_some(InvokeErrorKind::Trap);
             assert!(
-                err.kind == want || Some(err.kind) == alternative,
-                "{}: {first}: {err}",
+                err.kind.is_module_fault(),
+                "{}: {first}: {err} is not the module's fault",
                 rt.name()
             );
-            assert!(
-                elapsed < DEADLINE * 10,
-                "{}: {first} took {elapsed:?}, deadline {DEADLINE:?}",
-                rt.name()
-            );
-            if want == InvokeErrorKind::Deadline {
-                assert!(
-                    elapsed >= DEADLINE - Duration::from_millis(2),
-                    "{elapsed:?}"
-                );
+            if let Some(kind) = exact {
+                assert_eq!(err.kind, kind, "{}: {first}: {err}", rt.name());
+            }
+            if rt.name() == "wasmtime" && first == "M" {
+                assert_eq!(err.kind, InvokeErrorKind::Memory, "{err}");
             }
             // The runtime is fine afterwards: the same module and another one serve.
             let id = uuid::Uuid::now_v7();
@@ -151,6 +147,174 @@ fn misbehaving_invocations_fail_alone() {
             decode_output(out, id, 0).map_err(|e| e.kind),
             Err(InvokeErrorKind::BadOutput)
         );
+        // What the guest writes to stdout is kept, bounded, for the error message
+        // (never the host's own stdout): 10 KB written, at most 4 KiB kept.
+        let err = evil
+            .invoke(b"W", id, 0)
+            .result
+            .expect_err("W traps after writing");
+        let kept = "w".repeat(urna_host::runtime::wasi::OUTPUT_CAPACITY);
+        assert!(err.message.contains(&kept), "{}: {err}", rt.name());
+        assert!(
+            !err.message.contains(&format!("{kept}w")),
+            "{}: unbounded",
+            rt.name()
+        );
+        assert!(err.message.contains("5904 more bytes dropped"), "{err}");
+        // proc_exit ends the invocation and says so.
+        let err = evil.invoke(b"X", id, 0).result.expect_err("X exits");
+        assert!(err.message.contains("proc_exit(3)"), "{}: {err}", rt.name());
+    }
+}
+
+/// A module that is stopped at the wall-clock limit without having had the CPU time
+/// its budget allows is not at fault: the machine was too busy (503, retry). Here the
+/// invoking thread is starved for real: pinned to one CPU with a busy spinner, at the
+/// lowest scheduling class, it cannot get half of its budget before the wall limit.
+#[test]
+fn a_starved_invocation_is_the_machines_fault_not_the_modules() {
+    let limits = urna_host::runtime::Limits {
+        cpu_budget: Duration::from_millis(100),
+        wall_limit: Duration::from_millis(400),
+        ..limits()
+    };
+    for rt in runtimes_with(limits) {
+        let evil = rt.load(&evil_module()).expect("loads");
+        let err = starved(|| evil.invoke(b"L", uuid::Uuid::now_v7(), 0))
+            .result
+            .expect_err("stopped");
+        assert_eq!(err.kind, InvokeErrorKind::Starved, "{}: {err}", rt.name());
+        assert!(!err.kind.is_module_fault());
+        assert!(err.message.contains("too busy"), "{err}");
+        // Not starved, the same loop is the module's fault.
+        let err = evil
+            .invoke(b"L", uuid::Uuid::now_v7(), 0)
+            .result
+            .expect_err("stopped");
+        assert_eq!(err.kind, InvokeErrorKind::Deadline, "{}: {err}", rt.name());
+    }
+}
+
+/// Item 7: the deadline cannot be escaped through WASI. Only the WASI functions the ABI
+/// needs are linked; a module importing anything else is refused at load, naming it.
+#[test]
+fn modules_importing_more_than_the_allowed_wasi_are_refused() {
+    let importing = |import: &str, handle: &str| {
+        wat::parse_str(format!(
+            r#"(module
+                 {import}
+                 (memory (export "memory") 1)
+                 (func (export "urna_abi_version") (result i32) (i32.const 1))
+                 (func (export "urna_alloc") (param i32) (result i32) (i32.const 1024))
+                 (func (export "urna_handle_vote") (param i32 i32 i64 i64 i64) (result i64)
+                   {handle}
+                   (i64.const 0)))"#
+        ))
+        .unwrap()
+    };
+    // Sleeps 10 s inside poll_oneoff: one subscription to the monotonic clock.
+    let poll_sleep = importing(
+        r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))"#,
+        r#"(i64.store (i32.const 0) (i64.const 1))
+           (i32.store8 (i32.const 8) (i32.const 0))
+           (i32.store (i32.const 16) (i32.const 1))
+           (i64.store (i32.const 24) (i64.const 10000000000))
+           (drop (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)))"#,
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("wasi_snapshot_preview1::poll_oneoff", poll_sleep),
+        (
+            "wasi_snapshot_preview1::fd_read",
+            importing(
+                r#"(import "wasi_snapshot_preview1" "fd_read" (func (param i32 i32 i32 i32) (result i32)))"#,
+                "",
+            ),
+        ),
+        (
+            "wasi_snapshot_preview1::path_open",
+            importing(
+                r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#,
+                "",
+            ),
+        ),
+        (
+            "wasi_snapshot_preview1::sock_accept",
+            importing(
+                r#"(import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32)))"#,
+                "",
+            ),
+        ),
+        (
+            "env::now",
+            importing(r#"(import "env" "now" (func (result i64)))"#, ""),
+        ),
+        (
+            // An allowed name with another type.
+            "wasi_snapshot_preview1::fd_write",
+            importing(
+                r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32)))"#,
+                "",
+            ),
+        ),
+        (
+            "wasi_snapshot_preview1::memory",
+            importing(
+                r#"(import "wasi_snapshot_preview1" "memory" (memory 1))"#,
+                "",
+            ),
+        ),
+    ];
+    for rt in runtimes() {
+        for (import, bytes) in &cases {
+            match rt.load(bytes) {
+                Err(LoadError::Abi(e)) => assert!(
+                    e.contains(&format!("`{import}`")),
+                    "{}: refused, but without naming {import}: {e}",
+                    rt.name()
+                ),
+                Err(e) => panic!("{}: {import}: {e}", rt.name()),
+                Ok(_) => panic!("{}: a module importing {import} loaded", rt.name()),
+            }
+        }
+        // Every allowed import together loads (the allowlist and the linkers agree),
+        // and each one answers without blocking.
+        let all = importing(
+            r#"(import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "clock_time_get" (func $time (param i32 i64 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "clock_res_get" (func $res (param i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "environ_get" (func $env (param i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "environ_sizes_get" (func $envsz (param i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))"#,
+            r#"(if (call $random (i32.const 0) (i32.const 64)) (then unreachable))
+               (if (call $time (i32.const 1) (i64.const 0) (i32.const 64)) (then unreachable))
+               (if (call $res (i32.const 0) (i32.const 72)) (then unreachable))
+               (if (i32.ne (call $write (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 80)) (i32.const 8)) (then unreachable))
+               (if (call $envsz (i32.const 80) (i32.const 84)) (then unreachable))
+               (if (call $env (i32.const 88) (i32.const 92)) (then unreachable))
+               (if (i32.load (i32.const 80)) (then unreachable))
+               ;; a clock read past the end of memory is EFAULT (21), not a host crash
+               (if (i32.ne (call $time (i32.const 0) (i64.const 0) (i32.const 65532)) (i32.const 21)) (then unreachable))"#,
+        );
+        let module = rt.load(&all).expect("the allowed WASI subset links");
+        let id = uuid::Uuid::now_v7();
+        let out = module.invoke(b"{}", id, 0).result;
+        // `(i64.const 0)`: an empty result, after every call answered as expected.
+        assert_eq!(
+            out.map_err(|e| e.to_string()),
+            Ok(Vec::new()),
+            "{}",
+            rt.name()
+        );
+    }
+}
+
+/// The real module (built by `make modules`) imports only what is allowed and carries no
+/// start function: Rust's `std` needs nothing beyond the allowed subset.
+#[test]
+fn the_real_module_fits_the_allowlist() {
+    if let Err(e) = urna_host::runtime::inspect(&real_module()) {
+        panic!("vote_module.wasm does not pass the shared checks: {e}");
     }
 }
 
@@ -174,6 +338,28 @@ fn modules_that_do_not_fit_the_abi_are_refused() {
              (func (export "urna_abi_version") (result i32) (i32.const 1)))"#,
     )
     .unwrap();
+    // Right number of arguments, wrong types (WasmEdge used to check only the counts).
+    let wrong_types = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "urna_abi_version") (result i32) (i32.const 1))
+             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0))
+             (func (export "urna_handle_vote") (param i32 i32 i32 i64 i64) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    let alloc_returns_i64 = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "urna_abi_version") (result i32) (i32.const 1))
+             (func (export "urna_alloc") (param i32) (result i64) (i64.const 0))
+             (func (export "urna_handle_vote") (param i32 i32 i64 i64 i64) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    let initialize_with_result = wat_module(
+        1,
+        r#"(func (export "_initialize") (result i32) (i32.const 0))"#,
+        "",
+    );
+    // A start function runs during instantiation, outside every call's limits.
+    let start_function = wat_module(1, r#"(func $s) (start $s)"#, "");
     let looping_init = wat_module(1, r#"(func (export "_initialize") (loop $l (br $l)))"#, "");
     let huge_memory = wat::parse_str(
         r#"(module (memory (export "memory") 1000)
@@ -186,6 +372,10 @@ fn modules_that_do_not_fit_the_abi_are_refused() {
         ("ABI version 2", wat_module(2, "", ""), false),
         ("no urna_handle_vote", no_handle, false),
         ("wrong signature", wrong_signature, false),
+        ("wrong argument types", wrong_types, false),
+        ("urna_alloc returns i64", alloc_returns_i64, false),
+        ("_initialize returns a value", initialize_with_result, false),
+        ("start function", start_function, false),
         ("non-WASI import", foreign_import, false),
         ("_initialize loops", looping_init, false),
         ("initial memory over the cap", huge_memory, false),
@@ -238,42 +428,34 @@ async fn misbehaving_module_fails_its_requests_only_and_the_host_keeps_serving()
     host.wait_ready(200).await;
     let http = reqwest::Client::new();
 
-    // Eight looping requests at once (as many as there are instance slots) while the
-    // health endpoint keeps answering: the loops run off the async workers.
+    // Eight looping requests at once (as many as there are instance slots); while all
+    // eight slots are busy the health endpoint keeps answering: the loops run off the
+    // async workers. (How fast it answers is measured in `benches/invoke.rs`.)
     let loops: Vec<_> = (0..8)
         .map(|_| {
             let (http, base) = (http.clone(), host.base.clone());
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let (status, body) = post_vote(&http, &base, "L").await;
-                (status, body, started.elapsed())
-            })
+            tokio::spawn(async move { post_vote(&http, &base, "L").await })
         })
         .collect();
+    wait_for(Duration::from_secs(30), "all eight slots busy", || {
+        host.backend.free_slots() == 0
+    })
+    .await;
     for _ in 0..5 {
-        let started = Instant::now();
         let r = http
             .get(format!("{}/healthz", host.base))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert!(
-            started.elapsed() < DEADLINE,
-            "healthz stalled: {:?}",
-            started.elapsed()
-        );
     }
     for task in loops {
-        let (status, body, elapsed) = task.await.unwrap();
+        let (status, body) = task.await.unwrap();
+        // The loop burned its CPU budget: the module's fault, not a retryable 503.
         assert_eq!(status, 500, "{body}");
         assert!(
             body["error"].as_str().unwrap().contains("deadline"),
             "{body}"
-        );
-        assert!(
-            elapsed < Duration::from_secs(2),
-            "looping request took {elapsed:?}"
         );
     }
 
@@ -287,8 +469,8 @@ async fn misbehaving_module_fails_its_requests_only_and_the_host_keeps_serving()
                 "trap"
             },
         ),
-        ("S", "trap"),
         ("O", "bad_output"),
+        ("H", "bad_output"),
         ("G", "bad_output"),
         ("X", "trap"),
     ] {
@@ -301,6 +483,12 @@ async fn misbehaving_module_fails_its_requests_only_and_the_host_keeps_serving()
         let (status, body) = post_vote(&http, &host.base, "{}").await;
         assert_eq!((status, body.to_string()), (422, CLOSED_BODY.to_owned()));
     }
+    // Infinite recursion fails alone too, whatever stops it (wasmtime traps on call
+    // depth; WasmEdge's interpreter does not, and the recursion burns its CPU budget).
+    let (status, body) = post_vote(&http, &host.base, "S").await;
+    assert_eq!(status, 500, "S: {body}");
+    let (status, body) = post_vote(&http, &host.base, "{}").await;
+    assert_eq!((status, body.to_string()), (422, CLOSED_BODY.to_owned()));
     assert_eq!(urna_testkit::kafka::total_records(&brokers, &topic), 0);
 
     // And the real module takes over without a restart.
@@ -313,6 +501,70 @@ async fn misbehaving_module_fails_its_requests_only_and_the_host_keeps_serving()
     .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(urna_testkit::kafka::total_records(&brokers, &topic), 1);
+    host.stop().await;
+}
+
+/// A vote that waited too long for an invocation slot never reached `publish`: it gets
+/// 503 + Retry-After (retry safely), not a 500 and not a late 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_that_gets_no_slot_in_time_gets_503_with_retry_after() {
+    let brokers = brokers();
+    let topic = urna_testkit::kafka::fresh_topic(&brokers, "host-slot", 3).await;
+    let host = TestHost::start_with(&evil_module(), |dir| {
+        let mut s = settings(dir, &brokers, &topic);
+        s.wasm_max_instances = 1;
+        s.wasm_slot_wait_ms = 50;
+        // The loop may hold the only slot for up to 2 s of CPU time.
+        s.wasm_cpu_budget_ms = 2_000;
+        s.wasm_wall_limit_ms = 6_000;
+        fit_request_deadline(&mut s);
+        s
+    })
+    .await;
+    host.wait_ready(200).await;
+    let http = reqwest::Client::new();
+    let looping = {
+        let (http, base) = (http.clone(), host.base.clone());
+        tokio::spawn(async move { post_vote(&http, &base, "L").await })
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the loop to hold the only slot",
+        || host.backend.free_slots() == 0,
+    )
+    .await;
+    let r = http
+        .post(format!("{}/votes", host.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let retry_after = r.headers().get("retry-after").expect("Retry-After");
+    assert!(retry_after.to_str().unwrap().parse::<u32>().unwrap() >= 1);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("slot"), "{body}");
+
+    // The loop itself is the module's fault; afterwards the slot serves again.
+    let (status, body) = looping.await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    let (status, body) = post_vote(&http, &host.base, "{}").await;
+    assert_eq!((status, body.to_string()), (422, CLOSED_BODY.to_owned()));
+
+    let text = reqwest::get(format!("{}/metrics", host.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("urna_wasm_invocations_total")
+                && l.contains(r#"outcome="no_slot""#)),
+        "metrics tell a missing slot apart"
+    );
+    assert_eq!(urna_testkit::kafka::total_records(&brokers, &topic), 0);
     host.stop().await;
 }
 

@@ -1,13 +1,27 @@
 //! The Wasm runtime behind a small trait, so the host does not care which engine runs
 //! the vote module.
 //!
-//! - [`Runtime::load`] compiles a module once and checks its ABI (version 1 of the
-//!   reactor ABI documented in `wasm-modules/vote-module/src/lib.rs`).
+//! - [`Runtime::load`] compiles a module once, after the checks every runtime shares
+//!   ([`inspect`]): imports only from the allowed WASI subset ([`wasi`]), no start
+//!   function, the exports of version 1 of the reactor ABI (documented in
+//!   `wasm-modules/vote-module/src/lib.rs`) with their exact signatures.
 //! - [`VoteModule::invoke`] runs one request in a **fresh instance** of that module:
 //!   instantiate, `_initialize`, `urna_alloc`, write the body, `urna_handle_vote`, read
 //!   the result; the instance is dropped afterwards, so nothing leaks between requests.
-//!   Every invocation has a deadline and a memory cap; a trap, a timeout or an
-//!   exhausted memory fails that invocation only.
+//!   Every invocation has a CPU budget, a wall-clock limit and a memory cap; a trap, a
+//!   stop or an exhausted memory fails that invocation only.
+//!
+//! # Whose fault is a stop
+//!
+//! An invocation is stopped when it has used its CPU budget (`cpu_budget`) or, at the
+//! latest, when its wall-clock limit (`wall_limit`) has passed. [`VoteModule::invoke`]
+//! then compares the CPU time the invoking thread really used ([`cpu`]) with the budget:
+//! at least half of it burned means the module is at fault ([`InvokeErrorKind::Deadline`],
+//! a 500); less means the machine was too busy to run it
+//! ([`InvokeErrorKind::Starved`], a 503 the client may retry). wasmtime checks the CPU
+//! clock every millisecond and stops a module as soon as the budget is spent; WasmEdge
+//! can only stop a call at a wall-clock timeout, so there a loop runs until the wall
+//! limit (same verdict, the slot is held longer).
 //!
 //! [`wasmtime`] is the default engine; [`wasmedge`] (cargo feature `wasmedge`)
 //! implements the same trait with the WasmEdge SDK.
@@ -16,6 +30,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cpu;
+pub mod wasi;
 #[cfg(feature = "wasmedge")]
 pub mod wasmedge;
 pub mod wasmtime;
@@ -23,19 +39,31 @@ pub mod wasmtime;
 /// The ABI version this host speaks (`urna_abi_version()` must return it).
 pub const ABI_VERSION: i32 = 1;
 
-/// The exports the host needs, with their signatures (for error messages).
-pub const REQUIRED_EXPORTS: &[(&str, &str)] = &[
-    ("memory", "memory"),
-    ("urna_abi_version", "() -> i32"),
-    ("urna_alloc", "(i32) -> i32"),
-    ("urna_handle_vote", "(i32, i32, i64, i64, i64) -> i64"),
+use wasi::Ty;
+
+/// The exports the host needs: `(name, params, results)`; `memory` is checked apart.
+pub const REQUIRED_EXPORTS: &[(&str, &[Ty], &[Ty])] = &[
+    ("urna_abi_version", &[], &[Ty::I32]),
+    ("urna_alloc", &[Ty::I32], &[Ty::I32]),
+    (
+        "urna_handle_vote",
+        &[Ty::I32, Ty::I32, Ty::I64, Ty::I64, Ty::I64],
+        &[Ty::I64],
+    ),
 ];
+
+/// The custom section `wasmedge compile` adds to a module (its native code).
+pub const WASMEDGE_AOT_SECTION: &str = "wasmedge";
 
 /// Limits every invocation runs under.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Wall-clock budget of one invocation (instantiate + run).
-    pub deadline: Duration,
+    /// CPU time one invocation (instantiate + run) may use; a module that uses it is
+    /// stopped and at fault.
+    pub cpu_budget: Duration,
+    /// Wall-clock time after which an invocation is stopped whatever it used: the
+    /// containment bound, also when the machine is too busy to give it the budget.
+    pub wall_limit: Duration,
     /// Maximum linear memory of one instance, in bytes.
     pub memory_bytes: usize,
     /// Instances alive at once (the pooling allocator's size; the host admits no more
@@ -50,16 +78,57 @@ pub struct Limits {
 pub trait Runtime: Send + Sync + 'static {
     /// `wasmtime` or `wasmedge`: the `runtime` label of the metrics.
     fn name(&self) -> &'static str;
-    /// Compiles `wasm` and checks its ABI (exports present with the right types,
-    /// `urna_abi_version() == 1` in a trial instance). A module refused here never serves.
+    /// Checks `wasm` ([`inspect`]), compiles it and tries a trial instance
+    /// (`urna_abi_version() == 1`). A module refused here never serves.
     fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError>;
 }
 
 /// A compiled, ABI-checked vote module.
 pub trait VoteModule: Send + Sync + 'static {
-    /// Runs one request body in a fresh instance. Blocking, CPU-bound, bounded by the
-    /// deadline: call it off the async workers.
-    fn invoke(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation;
+    /// The runtime's part of one invocation: a fresh instance runs `body` until it
+    /// answers, fails, or is stopped (reported as [`InvokeErrorKind::Deadline`]).
+    fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation;
+
+    /// The limits this module runs under.
+    fn limits(&self) -> Limits;
+
+    /// Runs one request body in a fresh instance and says whose fault a stop was (see
+    /// the module docs). Blocking, CPU-bound, bounded by the wall limit: call it off the
+    /// async workers.
+    fn invoke(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
+        let cpu_before = cpu::thread_cpu_time();
+        let mut invocation = self.invoke_instance(body, id, accepted_at_micros);
+        invocation.cpu = cpu::thread_cpu_time().saturating_sub(cpu_before);
+        if let Err(e) = &mut invocation.result {
+            attribute_stop(e, invocation.cpu, self.limits().cpu_budget);
+        }
+        invocation
+    }
+}
+
+/// Turns a stop into the module's fault or the machine's (module docs).
+pub fn attribute_stop(error: &mut InvokeError, cpu_used: Duration, cpu_budget: Duration) {
+    if error.kind != InvokeErrorKind::Deadline {
+        return;
+    }
+    if cpu_used >= cpu_budget / 2 {
+        error.message = format!(
+            "{} (used {} ms of its {} ms CPU budget)",
+            error.message,
+            cpu_used.as_millis(),
+            cpu_budget.as_millis()
+        );
+    } else {
+        *error = InvokeError::new(
+            InvokeErrorKind::Starved,
+            format!(
+                "stopped at the wall-clock limit after only {} ms of CPU time (budget {} ms): \
+                 the machine is too busy",
+                cpu_used.as_millis(),
+                cpu_budget.as_millis()
+            ),
+        );
+    }
 }
 
 /// What one invocation produced and where its time went.
@@ -67,10 +136,12 @@ pub trait VoteModule: Send + Sync + 'static {
 pub struct Invocation {
     /// The raw result buffer of `urna_handle_vote` (decode it with [`decode_output`]).
     pub result: Result<Vec<u8>, InvokeError>,
-    /// Creating the instance (incl. `_initialize`).
+    /// Creating the instance (incl. `_initialize`), wall clock.
     pub instantiate: Duration,
-    /// Calling into it: alloc, copy in, handle, copy out.
+    /// Calling into it: alloc, copy in, handle, copy out; wall clock.
     pub run: Duration,
+    /// CPU time of the invoking thread over the whole invocation.
+    pub cpu: Duration,
 }
 
 /// Why a module could not be loaded.
@@ -82,7 +153,7 @@ pub enum LoadError {
     Abi(String),
 }
 
-/// Why one invocation failed. Every kind is answered with a 500 for that request only.
+/// Why one invocation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvokeError {
     pub kind: InvokeErrorKind,
@@ -91,10 +162,13 @@ pub struct InvokeError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvokeErrorKind {
-    /// The module trapped (unreachable, out-of-bounds access, stack overflow, …).
+    /// The module trapped (unreachable, out-of-bounds access, stack overflow, exit, …).
     Trap,
-    /// The invocation ran past its deadline and was interrupted.
+    /// The module was stopped after burning (most of) its CPU budget.
     Deadline,
+    /// The module was stopped at the wall-clock limit without having had the CPU time
+    /// to finish: the machine's fault, not the module's.
+    Starved,
     /// The module tried to grow its memory past the cap.
     Memory,
     /// The module returned something that is not a well-formed ABI result.
@@ -109,10 +183,17 @@ impl InvokeErrorKind {
         match self {
             InvokeErrorKind::Trap => "trap",
             InvokeErrorKind::Deadline => "deadline",
+            InvokeErrorKind::Starved => "starved",
             InvokeErrorKind::Memory => "memory",
             InvokeErrorKind::BadOutput => "bad_output",
             InvokeErrorKind::Instantiate => "instantiate_error",
         }
+    }
+
+    /// Whether the module is to blame (answered 500); otherwise the host or machine is
+    /// (503 + Retry-After, the vote may be retried).
+    pub fn is_module_fault(self) -> bool {
+        !matches!(self, InvokeErrorKind::Starved)
     }
 }
 
@@ -132,6 +213,190 @@ impl fmt::Display for InvokeError {
 }
 
 impl std::error::Error for InvokeError {}
+
+/// What [`inspect`] learnt about a module that passed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// It exports `_initialize` (a WASI reactor), to be called once per instance.
+    pub has_initialize: bool,
+    /// It carries native code from `wasmedge compile` (a universal Wasm file).
+    pub has_wasmedge_aot: bool,
+}
+
+fn ty_of(v: wasmparser::ValType) -> Option<Ty> {
+    match v {
+        wasmparser::ValType::I32 => Some(Ty::I32),
+        wasmparser::ValType::I64 => Some(Ty::I64),
+        _ => None,
+    }
+}
+
+fn signature(ty: &wasmparser::FuncType) -> Option<(Vec<Ty>, Vec<Ty>)> {
+    let params = ty
+        .params()
+        .iter()
+        .map(|&v| ty_of(v))
+        .collect::<Option<_>>()?;
+    let results = ty
+        .results()
+        .iter()
+        .map(|&v| ty_of(v))
+        .collect::<Option<_>>()?;
+    Some((params, results))
+}
+
+/// Formats a signature as `(i32, i64) -> i32`.
+pub fn show_signature(params: &[Ty], results: &[Ty]) -> String {
+    let list = |t: &[Ty]| {
+        t.iter()
+            .map(|t| match t {
+                Ty::I32 => "i32",
+                Ty::I64 => "i64",
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match results {
+        [] => format!("({})", list(params)),
+        [one] => format!("({}) -> {}", list(params), list(&[*one])),
+        _ => format!("({}) -> ({})", list(params), list(results)),
+    }
+}
+
+/// The checks every runtime makes before compiling a module, from its bytes:
+/// - imports: only functions of [`wasi::ALLOWED_IMPORTS`], with their exact signatures
+///   (anything else is refused, naming the import);
+/// - no start function (instantiation must run no guest code outside the deadline);
+/// - exports: a memory `memory`, the functions of [`REQUIRED_EXPORTS`] with their exact
+///   signatures, and `_initialize: () -> ()` if present.
+///
+/// Bytes that are not a Wasm module at all are [`LoadError::Compile`]; the rest is
+/// [`LoadError::Abi`].
+pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, LoadError> {
+    use wasmparser::{ExternalKind, Payload, TypeRef};
+    let compile = |e: wasmparser::BinaryReaderError| LoadError::Compile(e.to_string());
+    let abi = |m: String| Err(LoadError::Abi(m));
+
+    let mut types: Vec<Option<wasmparser::FuncType>> = Vec::new();
+    let mut func_types: Vec<u32> = Vec::new(); // type index of every function (imports first)
+    let mut exports: Vec<(String, ExternalKind, u32)> = Vec::new();
+    let mut has_wasmedge_aot = false;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.map_err(compile)? {
+            Payload::TypeSection(reader) => {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    types.push(Some(ty.map_err(compile)?));
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader {
+                    let import = import.map_err(compile)?;
+                    let name = format!("{}::{}", import.module, import.name);
+                    let TypeRef::Func(index) = import.ty else {
+                        return abi(format!(
+                            "import `{name}` is not a function; a vote module may import only \
+                             these functions of {}: {}",
+                            wasi::MODULE,
+                            allowed_list()
+                        ));
+                    };
+                    let allowed = (import.module == wasi::MODULE)
+                        .then(|| wasi::ALLOWED_IMPORTS.iter().find(|a| a.0 == import.name))
+                        .flatten();
+                    let Some((_, params, results)) = allowed else {
+                        return abi(format!(
+                            "import `{name}` is not allowed; a vote module may import only these \
+                             functions of {}: {}",
+                            wasi::MODULE,
+                            allowed_list()
+                        ));
+                    };
+                    let got = types
+                        .get(index as usize)
+                        .and_then(|t| t.as_ref())
+                        .and_then(signature);
+                    if got.as_ref() != Some(&(params.to_vec(), results.to_vec())) {
+                        return abi(format!(
+                            "import `{name}` must have the type {}",
+                            show_signature(params, results)
+                        ));
+                    }
+                    func_types.push(index);
+                }
+            }
+            Payload::FunctionSection(reader) => {
+                for index in reader {
+                    func_types.push(index.map_err(compile)?);
+                }
+            }
+            Payload::StartSection { .. } => {
+                return abi(
+                    "the module has a start function; the ABI runs code only through its \
+                     exports (`_initialize` for a reactor)"
+                        .into(),
+                );
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(compile)?;
+                    exports.push((export.name.to_owned(), export.kind, export.index));
+                }
+            }
+            Payload::CustomSection(section) if section.name() == WASMEDGE_AOT_SECTION => {
+                has_wasmedge_aot = true;
+            }
+            _ => {}
+        }
+    }
+
+    let func_signature = |name: &str| -> Option<Option<(Vec<Ty>, Vec<Ty>)>> {
+        let (_, kind, index) = exports.iter().find(|e| e.0 == name)?;
+        if *kind != ExternalKind::Func {
+            return Some(None);
+        }
+        Some(
+            func_types
+                .get(*index as usize)
+                .and_then(|t| types.get(*t as usize))
+                .and_then(|t| t.as_ref())
+                .and_then(signature),
+        )
+    };
+    match exports.iter().find(|e| e.0 == "memory") {
+        Some((_, ExternalKind::Memory, _)) => {}
+        Some(_) => return abi("export `memory` is not a memory".into()),
+        None => return abi("missing export `memory`".into()),
+    }
+    for (name, params, results) in REQUIRED_EXPORTS {
+        match func_signature(name) {
+            None => return abi(format!("missing export `{name}`")),
+            Some(got) if got.as_ref() == Some(&(params.to_vec(), results.to_vec())) => {}
+            Some(_) => {
+                return abi(format!(
+                    "export `{name}` must be a function of type {}",
+                    show_signature(params, results)
+                ));
+            }
+        }
+    }
+    let has_initialize = match func_signature("_initialize") {
+        None => false,
+        Some(Some((params, results))) if params.is_empty() && results.is_empty() => true,
+        Some(_) => return abi("export `_initialize` must be a function of type ()".into()),
+    };
+    Ok(ModuleInfo {
+        has_initialize,
+        has_wasmedge_aot,
+    })
+}
+
+fn allowed_list() -> String {
+    wasi::ALLOWED_IMPORTS
+        .iter()
+        .map(|a| a.0)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The module's answer to one request, after the host checked it.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,14 +455,44 @@ pub fn decode_output(
     }
 }
 
-/// The runtime named by `URNA_WASM_RUNTIME`.
-pub fn by_name(name: &str, limits: Limits) -> anyhow::Result<Arc<dyn Runtime>> {
+/// `URNA_WASMEDGE_RUN_MODE`: how WasmEdge executes a module. Since WasmEdge 0.17 only
+/// its AOT mode uses the native code `wasmedge compile` puts into a module; every other
+/// mode ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// AOT when the module carries AOT code (a `wasmedge` custom section), else the
+    /// interpreter.
+    #[default]
+    Auto,
+    /// Always AOT (a module without AOT code fails to load).
+    Aot,
+    /// Always the interpreter (AOT code is ignored).
+    Interpreter,
+    /// WasmEdge's JIT (needs a WasmEdge built with LLVM).
+    Jit,
+}
+
+impl RunMode {
+    /// The mode a module runs in: `Auto` resolved by what the module carries.
+    pub fn resolve(self, info: &ModuleInfo) -> RunMode {
+        match self {
+            RunMode::Auto if info.has_wasmedge_aot => RunMode::Aot,
+            RunMode::Auto => RunMode::Interpreter,
+            other => other,
+        }
+    }
+}
+
+/// The runtime named by `URNA_WASM_RUNTIME`; `run_mode` matters to WasmEdge only.
+pub fn by_name(name: &str, limits: Limits, run_mode: RunMode) -> anyhow::Result<Arc<dyn Runtime>> {
     match name {
         "wasmtime" => Ok(Arc::new(wasmtime::Wasmtime::new(limits)?)),
         #[cfg(feature = "wasmedge")]
-        "wasmedge" => Ok(Arc::new(wasmedge::WasmEdge::new(limits)?)),
+        "wasmedge" => Ok(Arc::new(wasmedge::WasmEdge::new(limits, run_mode)?)),
         #[cfg(not(feature = "wasmedge"))]
         "wasmedge" => {
+            let _ = run_mode;
             anyhow::bail!("this build has no WasmEdge support: build with `--features wasmedge`")
         }
         other => anyhow::bail!("unknown Wasm runtime {other:?}: wasmtime or wasmedge"),
@@ -239,6 +534,49 @@ mod tests {
             decode_output(bytes, ID, 8).map_err(|e| e.kind),
             Err(InvokeErrorKind::BadOutput)
         );
+    }
+
+    #[test]
+    fn wasmedge_runs_aot_code_when_the_module_carries_it() {
+        let module = |extra: &str| {
+            wat::parse_str(format!(
+                r#"(module {extra} (memory (export "memory") 1)
+                     (func (export "urna_abi_version") (result i32) (i32.const 1))
+                     (func (export "urna_alloc") (param i32) (result i32) (i32.const 0))
+                     (func (export "urna_handle_vote") (param i32 i32 i64 i64 i64) (result i64)
+                       (i64.const 0)))"#
+            ))
+            .expect("wat")
+        };
+        let plain = inspect(&module("")).expect("plain");
+        let compiled = inspect(&module(r#"(@custom "wasmedge" "native code")"#)).expect("aot");
+        assert!(!plain.has_wasmedge_aot && compiled.has_wasmedge_aot);
+        assert_eq!(RunMode::Auto.resolve(&plain), RunMode::Interpreter);
+        assert_eq!(RunMode::Auto.resolve(&compiled), RunMode::Aot);
+        assert_eq!(
+            RunMode::Interpreter.resolve(&compiled),
+            RunMode::Interpreter
+        );
+        assert_eq!(RunMode::Aot.resolve(&plain), RunMode::Aot);
+    }
+
+    #[test]
+    fn a_stop_is_the_modules_fault_only_if_it_burned_most_of_its_budget() {
+        let budget = Duration::from_millis(100);
+        let stop = || InvokeError::new(InvokeErrorKind::Deadline, "stopped");
+        let mut e = stop();
+        attribute_stop(&mut e, Duration::from_millis(100), budget);
+        assert_eq!(e.kind, InvokeErrorKind::Deadline);
+        let mut e = stop();
+        attribute_stop(&mut e, Duration::from_millis(50), budget);
+        assert_eq!(e.kind, InvokeErrorKind::Deadline);
+        let mut e = stop();
+        attribute_stop(&mut e, Duration::from_millis(49), budget);
+        assert_eq!(e.kind, InvokeErrorKind::Starved);
+        // Only stops are judged; a trap stays a trap however little CPU it used.
+        let mut e = InvokeError::new(InvokeErrorKind::Trap, "boom");
+        attribute_stop(&mut e, Duration::ZERO, budget);
+        assert_eq!(e.kind, InvokeErrorKind::Trap);
     }
 
     #[test]

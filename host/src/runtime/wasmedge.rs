@@ -1,55 +1,75 @@
 //! WasmEdge behind the same [`Runtime`] trait (cargo feature `wasmedge`).
 //!
-//! **Unverified on the development machine**: libwasmedge 0.17.1 is not available
-//! there, so this file is compiled and tested only in the container image
-//! (`host/Dockerfile`, `WASMEDGE_DIR`). Written against `wasmedge-sdk` 0.17.1 /
-//! `wasmedge-sys` 0.21.1.
+//! Written against `wasmedge-sdk` 0.17.1 / `wasmedge-sys` 0.21.1 (libwasmedge 0.17.1).
+//! On the development machine there is no libwasmedge, so this file is only
+//! type-checked there (`DOCS_RS=1 cargo check -p urna-host --features wasmedge` uses the
+//! crate's pre-generated bindings); it is linked and run where WasmEdge is installed
+//! (`make up` with `~/.wasmedge` or `WASMEDGE_DIR`, the container image).
 //!
 //! Mapping of the host's model onto WasmEdge:
-//! - load: `Module::from_bytes` (load + validate) once; the AST module is shared,
-//!   read-only, by every invocation;
-//! - fresh instance per request: a new `Store` (with its own executor and WASI module)
-//!   and `register_module(None, module)` instantiates the module as the active one;
-//!   everything is dropped after the request;
-//! - deadline: `run_func_with_timeout` with the time left of the invocation's budget
-//!   (WasmEdge stops the call with a timer signal); instantiation itself has no
-//!   timeout (the ABI has no start function; `_initialize` is called with one);
-//! - memory cap: `RuntimeConfigOptions::max_memory_pages`; a `memory.grow` beyond it
-//!   returns -1 (the Rust module then aborts: reported as a trap, not "memory").
-//!
-//! The module runs in WasmEdge's interpreter unless the image AOT-compiles it
-//! (`wasmedge compile`), which this host does not do.
+//! - load: the shared checks ([`super::inspect`]: allowed imports, no start function,
+//!   exact export signatures), then `Module::from_bytes` once; the module is shared,
+//!   read-only, by every invocation. The run mode (`URNA_WASMEDGE_RUN_MODE`) is resolved
+//!   per module: WasmEdge ≥ 0.17 uses the native code of a `wasmedge compile`d module
+//!   only in [`RunMode::Aot`](wasmedge_sdk::RunMode::Aot), otherwise it interprets.
+//! - imports: the host's own `wasi_snapshot_preview1` import object with exactly the
+//!   functions of [`wasi::ALLOWED_IMPORTS`] (the shared implementations), so the guest
+//!   never sees the host's stdio — not WasmEdge's WASI module.
+//! - fresh instance per request: a new `Store` (own executor and import object) and
+//!   `register_module(None, module)`; everything is dropped after the request.
+//! - limits: every call (`_initialize`, `urna_alloc`, `urna_handle_vote`) runs with
+//!   `run_func_with_timeout` and the wall time left of the invocation's limit; since no
+//!   start function is allowed, instantiation runs no guest code, and the time it took is
+//!   charged too. WasmEdge has no CPU-time interrupt: a loop runs until the wall limit,
+//!   and [`super::VoteModule::invoke`] then decides whose fault it was from the CPU
+//!   time. Memory cap: `max_memory_pages`; a refused `memory.grow` returns -1 (the Rust
+//!   module then aborts: reported as a trap, not "memory").
+//! - the result is read only after checking `out_ptr + out_len` against the memory's
+//!   size (the SDK's `get_data` allocates `out_len` bytes before checking).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmedge_sdk::config::{CommonConfigOptions, ConfigBuilder, RuntimeConfigOptions};
-use wasmedge_sdk::error::WasmEdgeError;
-use wasmedge_sdk::vm::SyncInst;
-use wasmedge_sdk::wasi::WasiModule;
-use wasmedge_sdk::{AsInstance, ExternalInstanceType, Module, Store, Vm, WasmValue};
+use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
+use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
+use wasmedge_sdk::{
+    AsInstance, CallingFrame, ImportObject, ImportObjectBuilder, Instance, Module, Store, Vm,
+    WasmValue,
+};
 
+use super::wasi::{self, GuestIo};
 use super::{
-    ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, Limits, LoadError, Runtime, VoteModule,
+    ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, Limits, LoadError, RunMode, Runtime,
+    VoteModule,
 };
 
 const WASM_PAGE: usize = 64 * 1024;
 
 pub struct WasmEdge {
-    config: wasmedge_sdk::config::Config,
     limits: Limits,
+    run_mode: RunMode,
 }
 
 impl WasmEdge {
-    pub fn new(limits: Limits) -> anyhow::Result<Self> {
-        let pages = u32::try_from(limits.memory_bytes / WASM_PAGE).unwrap_or(u32::MAX);
-        let config = ConfigBuilder::new(CommonConfigOptions::default())
-            .with_runtime_config(RuntimeConfigOptions::default().max_memory_pages(pages))
-            .build()
-            .map_err(|e| anyhow::anyhow!("WasmEdge config: {e}"))?;
-        Ok(WasmEdge { config, limits })
+    pub fn new(limits: Limits, run_mode: RunMode) -> anyhow::Result<Self> {
+        // Fail at start, not at the first load, if the configuration is refused.
+        config(&limits, RunMode::Interpreter)?;
+        Ok(WasmEdge { limits, run_mode })
     }
+}
+
+fn config(limits: &Limits, mode: RunMode) -> anyhow::Result<Config> {
+    let pages = u32::try_from(limits.memory_bytes / WASM_PAGE).unwrap_or(u32::MAX);
+    let mode = match mode {
+        RunMode::Aot => wasmedge_sdk::RunMode::Aot,
+        RunMode::Jit => wasmedge_sdk::RunMode::Jit,
+        RunMode::Interpreter | RunMode::Auto => wasmedge_sdk::RunMode::Interpreter,
+    };
+    ConfigBuilder::new(CommonConfigOptions::default().run_mode(mode))
+        .with_runtime_config(RuntimeConfigOptions::default().max_memory_pages(pages))
+        .build()
+        .map_err(|e| anyhow::anyhow!("WasmEdge config: {e}"))
 }
 
 impl Runtime for WasmEdge {
@@ -58,106 +78,259 @@ impl Runtime for WasmEdge {
     }
 
     fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError> {
-        let module = Module::from_bytes(Some(&self.config), wasm)
+        let info = super::inspect(wasm)?;
+        let run_mode = self.run_mode.resolve(&info);
+        let config =
+            config(&self.limits, run_mode).map_err(|e| LoadError::Compile(e.to_string()))?;
+        let module = Module::from_bytes(Some(&config), wasm)
             .map_err(|e| LoadError::Compile(e.to_string()))?;
-        for (name, params, results) in [
-            ("urna_abi_version", 0, 1),
-            ("urna_alloc", 1, 1),
-            ("urna_handle_vote", 5, 1),
-        ] {
-            match module.get_export(name) {
-                Some(ExternalInstanceType::Func(ty))
-                    if ty.args_len() == params && ty.returns_len() == results => {}
-                Some(_) => {
-                    return Err(LoadError::Abi(format!(
-                        "export `{name}` has the wrong type"
-                    )));
-                }
-                None => return Err(LoadError::Abi(format!("missing export `{name}`"))),
-            }
-        }
-        if !matches!(
-            module.get_export("memory"),
-            Some(ExternalInstanceType::Memory(_))
-        ) {
-            return Err(LoadError::Abi("missing memory export `memory`".into()));
-        }
-        let has_initialize = matches!(
-            module.get_export("_initialize"),
-            Some(ExternalInstanceType::Func(_))
-        );
         let loaded = WasmEdgeModule {
-            config: self.config.clone(),
+            config,
             module,
-            has_initialize,
+            has_initialize: info.has_initialize,
             limits: self.limits,
         };
         loaded.check_abi()?;
+        tracing::info!(
+            ?run_mode,
+            has_aot_code = info.has_wasmedge_aot,
+            "WasmEdge module ready"
+        );
         Ok(Arc::new(loaded))
     }
 }
 
 struct WasmEdgeModule {
-    config: wasmedge_sdk::config::Config,
+    config: Config,
     module: Module,
     has_initialize: bool,
     limits: Limits,
 }
 
-fn classify(e: &WasmEdgeError, instantiating: bool) -> InvokeError {
+fn classify(e: &WasmEdgeError, io: &GuestIo, instantiating: bool) -> InvokeError {
     let kind = match e {
         WasmEdgeError::ExecuteTimeout => InvokeErrorKind::Deadline,
         _ if instantiating => InvokeErrorKind::Instantiate,
         _ => InvokeErrorKind::Trap,
     };
-    InvokeError::new(kind, e.to_string())
+    let mut message = match (e, io.exit_code) {
+        (WasmEdgeError::ExecuteTimeout, _) => {
+            "stopped: CPU budget or wall-clock limit reached".to_owned()
+        }
+        (_, Some(code)) => wasi::GuestExit(code).to_string(),
+        _ => e.to_string(),
+    };
+    if let Some(output) = io.output() {
+        message.push_str(&format!(" (output: {output})"));
+    }
+    InvokeError::new(kind, message)
 }
 
+// ---------------------------------------------------------------------------
+// The host's WASI subset as WasmEdge host functions.
+
+type HostResult = Result<Vec<WasmValue>, CoreError>;
+
+/// Runs `f` over the calling instance's memory 0 (the whole of it, as a slice).
+fn with_memory(frame: &mut CallingFrame, f: impl FnOnce(&mut [u8]) -> i32) -> HostResult {
+    let errno = match frame.memory_mut(0) {
+        Some(memory) => {
+            let len = memory.size() as usize * WASM_PAGE;
+            match memory.mut_slice::<u8>(0, len) {
+                Some(mem) => f(mem),
+                None => wasi::errno::FAULT,
+            }
+        }
+        None => wasi::errno::FAULT,
+    };
+    Ok(vec![WasmValue::from_i32(errno)])
+}
+
+fn arg_i32(args: &[WasmValue], i: usize) -> i32 {
+    args.get(i).map_or(0, WasmValue::to_i32)
+}
+
+fn arg_i64(args: &[WasmValue], i: usize) -> i64 {
+    args.get(i).map_or(0, WasmValue::to_i64)
+}
+
+fn random_get(
+    _: &mut GuestIo,
+    _: &mut Instance,
+    f: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    with_memory(f, |mem| {
+        wasi::random_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
+    })
+}
+
+fn clock_time_get(
+    _: &mut GuestIo,
+    _: &mut Instance,
+    f: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    with_memory(f, |mem| {
+        wasi::clock_time_get(mem, arg_i32(&a, 0), arg_i64(&a, 1), arg_i32(&a, 2))
+    })
+}
+
+fn clock_res_get(
+    _: &mut GuestIo,
+    _: &mut Instance,
+    f: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    with_memory(f, |mem| {
+        wasi::clock_res_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
+    })
+}
+
+fn fd_write(
+    io: &mut GuestIo,
+    _: &mut Instance,
+    f: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    with_memory(f, |mem| {
+        wasi::fd_write(
+            io,
+            mem,
+            arg_i32(&a, 0),
+            arg_i32(&a, 1),
+            arg_i32(&a, 2),
+            arg_i32(&a, 3),
+        )
+    })
+}
+
+fn environ_get(
+    _: &mut GuestIo,
+    _: &mut Instance,
+    f: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    with_memory(f, |mem| {
+        wasi::environ_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
+    })
+}
+
+fn environ_sizes_get(
+    _: &mut GuestIo,
+    _: &mut Instance,
+    f: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    with_memory(f, |mem| {
+        wasi::environ_sizes_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
+    })
+}
+
+fn proc_exit(
+    io: &mut GuestIo,
+    _: &mut Instance,
+    _: &mut CallingFrame,
+    a: Vec<WasmValue>,
+) -> HostResult {
+    wasi::proc_exit(io, arg_i32(&a, 0));
+    Err(CoreError::Common(CoreCommonError::Terminated))
+}
+
+/// A fresh `wasi_snapshot_preview1` import object for one invocation.
+fn guest_imports() -> Result<ImportObject<GuestIo>, WasmEdgeError> {
+    let mut b = ImportObjectBuilder::new(wasi::MODULE, GuestIo::default()).map_err(|e| *e)?;
+    b.with_func::<(i32, i32), i32>("random_get", random_get)
+        .and_then(|b| b.with_func::<(i32, i64, i32), i32>("clock_time_get", clock_time_get))
+        .and_then(|b| b.with_func::<(i32, i32), i32>("clock_res_get", clock_res_get))
+        .and_then(|b| b.with_func::<(i32, i32, i32, i32), i32>("fd_write", fd_write))
+        .and_then(|b| b.with_func::<(i32, i32), i32>("environ_get", environ_get))
+        .and_then(|b| b.with_func::<(i32, i32), i32>("environ_sizes_get", environ_sizes_get))
+        .and_then(|b| b.with_func::<i32, ()>("proc_exit", proc_exit))
+        .map_err(|e| *e)?;
+    Ok(b.build())
+}
+
+// ---------------------------------------------------------------------------
+
+type GuestVm<'a> = Vm<'a, ImportObject<GuestIo>>;
+
 impl WasmEdgeModule {
-    fn left(&self, started: Instant) -> Result<Duration, InvokeError> {
+    fn left(&self, started: Instant) -> Result<Duration, WasmEdgeError> {
         self.limits
-            .deadline
+            .wall_limit
             .checked_sub(started.elapsed())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| InvokeError::new(InvokeErrorKind::Deadline, "deadline exceeded"))
+            .ok_or(WasmEdgeError::ExecuteTimeout)
     }
 
     fn call(
         &self,
-        vm: &mut Vm<'_, dyn SyncInst>,
+        vm: &mut GuestVm<'_>,
         name: &str,
         args: Vec<WasmValue>,
         started: Instant,
-    ) -> Result<Vec<WasmValue>, InvokeError> {
+    ) -> Result<Vec<WasmValue>, WasmEdgeError> {
         let left = self.left(started)?;
         vm.run_func_with_timeout(None, name, args, left)
-            .map_err(|e| classify(&e, false))
+            .map_err(|e| *e)
     }
 
-    /// Instantiates, initialises, then runs `body` (if any) in one fresh instance.
+    /// Instantiates and initialises one fresh instance, then runs `run` in it.
     fn with_instance<R>(
         &self,
-        started: Instant,
-        run: impl FnOnce(&mut Vm<'_, dyn SyncInst>, Instant) -> Result<R, InvokeError>,
+        run: impl FnOnce(&mut GuestVm<'_>, Instant) -> Result<R, Stage>,
     ) -> (Result<R, InvokeError>, Duration, Duration) {
-        let mut wasi = match WasiModule::create(None, None, None) {
-            Ok(wasi) => wasi,
-            Err(e) => return (Err(classify(&e, true)), started.elapsed(), Duration::ZERO),
+        let started = Instant::now();
+        let mut imports = match guest_imports() {
+            Ok(imports) => imports,
+            Err(e) => {
+                let error = classify(&e, &GuestIo::default(), true);
+                return (Err(error), started.elapsed(), Duration::ZERO);
+            }
         };
-        let mut instances: HashMap<String, &mut dyn SyncInst> = HashMap::new();
-        instances.insert("wasi_snapshot_preview1".to_owned(), wasi.as_mut());
+        let (result, instantiate, ran) = {
+            let mut instances: HashMap<String, &mut ImportObject<GuestIo>> = HashMap::new();
+            instances.insert(wasi::MODULE.to_owned(), &mut imports);
+            self.instantiate_and_run(instances, started, run)
+        };
+        let io = imports.get_host_data();
+        let result = result.map_err(|e| match e {
+            Stage::Instantiate(e) => classify(&e, io, true),
+            Stage::Call(e) => classify(&e, io, false),
+            Stage::Host(e) => e,
+        });
+        (result, instantiate, ran)
+    }
+
+    fn instantiate_and_run<'a, R>(
+        &self,
+        instances: HashMap<String, &'a mut ImportObject<GuestIo>>,
+        started: Instant,
+        run: impl FnOnce(&mut GuestVm<'a>, Instant) -> Result<R, Stage>,
+    ) -> (Result<R, Stage>, Duration, Duration) {
         let store = match Store::new(Some(&self.config), instances) {
             Ok(store) => store,
-            Err(e) => return (Err(classify(&e, true)), started.elapsed(), Duration::ZERO),
+            Err(e) => {
+                return (
+                    Err(Stage::Instantiate(*e)),
+                    started.elapsed(),
+                    Duration::ZERO,
+                );
+            }
         };
         let mut vm = Vm::new(store);
         if let Err(e) = vm.register_module(None, self.module.clone()) {
-            return (Err(classify(&e, true)), started.elapsed(), Duration::ZERO);
+            return (
+                Err(Stage::Instantiate(*e)),
+                started.elapsed(),
+                Duration::ZERO,
+            );
         }
         if self.has_initialize
             && let Err(e) = self.call(&mut vm, "_initialize", vec![], started)
         {
-            return (Err(e), started.elapsed(), Duration::ZERO);
+            return (Err(Stage::Call(e)), started.elapsed(), Duration::ZERO);
         }
         let instantiate = started.elapsed();
         let running = Instant::now();
@@ -167,8 +340,10 @@ impl WasmEdgeModule {
     }
 
     fn check_abi(&self) -> Result<(), LoadError> {
-        let (version, _, _) = self.with_instance(Instant::now(), |vm, started| {
-            let out = self.call(vm, "urna_abi_version", vec![], started)?;
+        let (version, _, _) = self.with_instance(|vm, started| {
+            let out = self
+                .call(vm, "urna_abi_version", vec![], started)
+                .map_err(Stage::Call)?;
             Ok(out.first().map(WasmValue::to_i32))
         });
         match version {
@@ -182,16 +357,18 @@ impl WasmEdgeModule {
 
     fn run(
         &self,
-        vm: &mut Vm<'_, dyn SyncInst>,
+        vm: &mut GuestVm<'_>,
         started: Instant,
         body: &[u8],
         id: uuid::Uuid,
         at: i64,
-    ) -> Result<Vec<u8>, InvokeError> {
-        let bad = |m: String| InvokeError::new(InvokeErrorKind::BadOutput, m);
+    ) -> Result<Vec<u8>, Stage> {
+        let bad = |m: String| Stage::Host(InvokeError::new(InvokeErrorKind::BadOutput, m));
+        let call = |vm: &mut GuestVm<'_>, name: &str, args: Vec<WasmValue>| {
+            self.call(vm, name, args, started).map_err(Stage::Call)
+        };
         let len = i32::try_from(body.len()).map_err(|_| bad("body too long".into()))?;
-        let ptr = self
-            .call(vm, "urna_alloc", vec![WasmValue::from_i32(len)], started)?
+        let ptr = call(vm, "urna_alloc", vec![WasmValue::from_i32(len)])?
             .first()
             .map(WasmValue::to_i32)
             .ok_or_else(|| bad("urna_alloc returned nothing".into()))?;
@@ -207,22 +384,20 @@ impl WasmEdgeModule {
                 .map_err(|e| bad(format!("urna_alloc returned a buffer outside memory: {e}")))?;
         }
         let (hi, lo) = id.as_u64_pair();
-        let packed = self
-            .call(
-                vm,
-                "urna_handle_vote",
-                vec![
-                    WasmValue::from_i32(ptr),
-                    WasmValue::from_i32(len),
-                    WasmValue::from_i64(hi as i64),
-                    WasmValue::from_i64(lo as i64),
-                    WasmValue::from_i64(at),
-                ],
-                started,
-            )?
-            .first()
-            .map(WasmValue::to_i64)
-            .ok_or_else(|| bad("urna_handle_vote returned nothing".into()))?;
+        let packed = call(
+            vm,
+            "urna_handle_vote",
+            vec![
+                WasmValue::from_i32(ptr),
+                WasmValue::from_i32(len),
+                WasmValue::from_i64(hi as i64),
+                WasmValue::from_i64(lo as i64),
+                WasmValue::from_i64(at),
+            ],
+        )?
+        .first()
+        .map(WasmValue::to_i64)
+        .ok_or_else(|| bad("urna_handle_vote returned nothing".into()))?;
         let (out_ptr, out_len) = ((packed >> 32) as u32, packed as u32);
         let instance = vm
             .active_module_mut()
@@ -230,21 +405,40 @@ impl WasmEdgeModule {
         let memory = instance
             .get_memory_mut("memory")
             .map_err(|e| bad(format!("memory: {e}")))?;
+        // Checked before reading: the SDK allocates `out_len` bytes first, so a lying
+        // module could make the host allocate up to 4 GiB per request.
+        let size = memory.size() as u64 * WASM_PAGE as u64;
+        if u64::from(out_ptr) + u64::from(out_len) > size {
+            return Err(bad(format!(
+                "result buffer {out_ptr}+{out_len} lies outside memory ({size} bytes)"
+            )));
+        }
         memory
             .get_data(out_ptr, out_len)
             .map_err(|_| bad("result buffer lies outside memory".into()))
     }
 }
 
+/// Where an invocation failed, before the guest's output is attached.
+enum Stage {
+    Instantiate(WasmEdgeError),
+    Call(WasmEdgeError),
+    Host(InvokeError),
+}
+
 impl VoteModule for WasmEdgeModule {
-    fn invoke(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
-        let (result, instantiate, run) = self.with_instance(Instant::now(), |vm, started| {
-            self.run(vm, started, body, id, accepted_at_micros)
-        });
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
+        let (result, instantiate, run) =
+            self.with_instance(|vm, started| self.run(vm, started, body, id, accepted_at_micros));
         Invocation {
             result,
             instantiate,
             run,
+            cpu: Duration::ZERO, // measured by `VoteModule::invoke`
         }
     }
 }

@@ -4,11 +4,15 @@
 //!   (each capped at the memory limit) and tables are reserved up front, so creating
 //!   an instance is a few copy-on-write mappings instead of `mmap` calls.
 //! - Each loaded module is compiled once and pre-linked into an [`InstancePre`]
-//!   (imports resolved, WASI p1 only); a request instantiates it into a **new
-//!   [`Store`]** that is dropped afterwards: no state survives a request.
-//! - Deadline by **epoch interruption**: a ticker thread bumps the engine's epoch every
-//!   millisecond and each store traps once its epoch deadline has passed. Cheaper than
-//!   fuel (a load and compare at loop headers and function entries, no counting).
+//!   (imports resolved against the host's own WASI subset, [`super::wasi`]); a request
+//!   instantiates it into a **new [`Store`]** that is dropped afterwards: no state
+//!   survives a request.
+//! - Budget by **epoch interruption**: a ticker thread bumps the engine's epoch every
+//!   millisecond; when a store's epoch deadline passes, a callback reads the thread's CPU
+//!   clock and either stops the module (CPU budget used, or wall limit reached) or lets
+//!   it run until the earlier of the two could next be reached. Cheaper than fuel (a
+//!   load and compare at loop headers and function entries, no counting), and it
+//!   charges the module only for the CPU time it really got.
 //! - Memory cap by a [`ResourceLimiter`] that traps on growth past the cap (and the
 //!   pool's `max_memory_size` as the hard bound behind it).
 
@@ -18,29 +22,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::{
-    Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, ModuleExport,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
 };
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use super::wasi::{self, GuestIo};
 use super::{
     ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, Limits, LoadError, Runtime, VoteModule,
+    cpu,
 };
 
-/// Epoch tick: the granularity of the deadline.
+/// Epoch tick: the granularity of the budget checks.
 const TICK: Duration = Duration::from_millis(1);
-/// What a module may write to stderr per request (a panic message); kept for the log.
-const STDERR_CAPACITY: usize = 4096;
 /// Pool slots beyond `max_instances`, for the trial instances of modules being loaded.
 const SPARE_INSTANCES: u32 = 4;
 
-/// What one store carries: the WASI context and the limiter.
+/// What one store carries: the guest's WASI state, the limiter, and when the
+/// invocation started (wall clock and the thread's CPU clock).
 struct Ctx {
-    wasi: WasiP1Ctx,
+    io: GuestIo,
     limiter: Limiter,
-    stderr: MemoryOutputPipe,
+    started: Instant,
+    cpu_start: Duration,
 }
 
 struct Limiter {
@@ -104,9 +107,7 @@ impl Wasmtime {
             .max_wasm_stack(512 * 1024);
         let engine = Engine::new(&config).context("wasmtime engine")?;
 
-        let mut linker: Linker<Ctx> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx: &mut Ctx| &mut cx.wasi)
-            .context("WASI preview 1 imports")?;
+        let linker = wasi_linker(&engine).context("WASI imports")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -145,6 +146,7 @@ impl Runtime for Wasmtime {
     }
 
     fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError> {
+        let info = super::inspect(wasm)?;
         // Valid Wasm at all? (Otherwise a compile error; after this, a refusal by
         // Module::new is about the limits, e.g. an initial memory over the cap.)
         Module::validate(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
@@ -165,7 +167,10 @@ impl Runtime for Wasmtime {
             alloc: export("urna_alloc")?,
             handle: export("urna_handle_vote")?,
             abi_version: export("urna_abi_version")?,
-            initialize: module.get_export_index("_initialize"),
+            initialize: info
+                .has_initialize
+                .then(|| module.get_export_index("_initialize"))
+                .flatten(),
             limits: self.limits,
         };
         loaded.check_abi()?;
@@ -183,30 +188,45 @@ struct WasmtimeModule {
     limits: Limits,
 }
 
-impl WasmtimeModule {
-    fn deadline_ticks(&self) -> u64 {
-        // +1: the epoch may tick right after the deadline is set.
-        (self.limits.deadline.as_millis() as u64).div_ceil(TICK.as_millis() as u64) + 1
-    }
+/// Epoch ticks until `left` has passed (+1: the epoch may tick right after it is set).
+fn ticks(left: Duration) -> u64 {
+    (left.as_millis() as u64).div_ceil(TICK.as_millis() as u64) + 1
+}
 
+impl WasmtimeModule {
     fn new_store(&self) -> Store<Ctx> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build_p1();
         let mut store = Store::new(
             self.pre.module().engine(),
             Ctx {
-                wasi,
+                io: GuestIo::default(),
                 limiter: Limiter {
                     memory_bytes: self.limits.memory_bytes,
                     denied: false,
                 },
-                stderr,
+                started: Instant::now(),
+                cpu_start: cpu::thread_cpu_time(),
             },
         );
         store.limiter(|cx| &mut cx.limiter);
-        // The deadline covers instantiation (and `_initialize`) and the call.
-        store.set_epoch_deadline(self.deadline_ticks());
-        store.epoch_deadline_trap();
+        // The budget covers instantiation (and `_initialize`) and the call. The first
+        // check comes when the budget could be used up at the earliest.
+        let Limits {
+            cpu_budget,
+            wall_limit,
+            ..
+        } = self.limits;
+        store.set_epoch_deadline(ticks(cpu_budget.min(wall_limit)));
+        store.epoch_deadline_callback(move |cx| {
+            let cx = cx.data();
+            let used = cpu::thread_cpu_time().saturating_sub(cx.cpu_start);
+            let elapsed = cx.started.elapsed();
+            if used >= cpu_budget || elapsed >= wall_limit {
+                // Whose fault it was is decided from the CPU time afterwards.
+                return Err(Trap::Interrupt.into());
+            }
+            let left = (cpu_budget - used).min(wall_limit - elapsed);
+            Ok(UpdateDeadline::Continue(ticks(left)))
+        });
         store
     }
 
@@ -308,13 +328,7 @@ fn classify(err: anyhow::Error, ctx: Option<&Ctx>, instantiating: bool) -> Invok
     if let Some(e) = err.downcast_ref::<InvokeError>() {
         return e.clone();
     }
-    let stderr = ctx
-        .map(|c| {
-            String::from_utf8_lossy(&c.stderr.contents())
-                .trim()
-                .to_owned()
-        })
-        .filter(|s| !s.is_empty());
+    let stderr = ctx.and_then(|c| c.io.output());
     if ctx.is_some_and(|c| c.limiter.denied) {
         return InvokeError::new(InvokeErrorKind::Memory, format!("{}", err.root_cause()));
     }
@@ -325,19 +339,23 @@ fn classify(err: anyhow::Error, ctx: Option<&Ctx>, instantiating: bool) -> Invok
         None => InvokeErrorKind::Trap,
     };
     let mut message = match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => "interrupted: deadline exceeded".to_owned(),
+        Some(Trap::Interrupt) => "stopped: CPU budget or wall-clock limit reached".to_owned(),
         Some(trap) => trap.to_string(),
         None => err.root_cause().to_string(),
     };
     if let Some(stderr) = stderr {
-        message.push_str(&format!(" (stderr: {stderr})"));
+        message.push_str(&format!(" (output: {stderr})"));
     }
     tracing::debug!(error = ?err, "vote module invocation failed");
     InvokeError::new(kind, message)
 }
 
 impl VoteModule for WasmtimeModule {
-    fn invoke(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
         let started = Instant::now();
         let mut store = self.new_store();
         let instance = match self.start(&mut store) {
@@ -347,6 +365,7 @@ impl VoteModule for WasmtimeModule {
                     result: Err(classify(e, Some(store.data()), true)),
                     instantiate: started.elapsed(),
                     run: Duration::ZERO,
+                    cpu: Duration::ZERO,
                 };
             }
         };
@@ -363,6 +382,81 @@ impl VoteModule for WasmtimeModule {
             result,
             instantiate,
             run,
+            cpu: Duration::ZERO, // measured by `VoteModule::invoke`
         }
     }
+}
+
+/// The guest's view of its own memory and the store's data, inside a host call.
+fn with_memory<R>(
+    caller: &mut Caller<'_, Ctx>,
+    f: impl FnOnce(&mut [u8], &mut Ctx) -> R,
+) -> anyhow::Result<R> {
+    let memory = caller
+        .get_export("memory")
+        .and_then(Extern::into_memory)
+        .context("the module exports no memory `memory`")?;
+    let (mem, cx) = memory.data_and_store_mut(caller);
+    Ok(f(mem, cx))
+}
+
+/// A linker with exactly the WASI functions of [`wasi::ALLOWED_IMPORTS`], each one
+/// the shared implementation over this instance's memory.
+fn wasi_linker(engine: &Engine) -> anyhow::Result<Linker<Ctx>> {
+    const M: &str = wasi::MODULE;
+    let mut linker: Linker<Ctx> = Linker::new(engine);
+    linker
+        .func_wrap(
+            M,
+            "random_get",
+            |mut c: Caller<'_, Ctx>, buf: i32, len: i32| {
+                with_memory(&mut c, |mem, _| wasi::random_get(mem, buf, len))
+            },
+        )?
+        .func_wrap(
+            M,
+            "clock_time_get",
+            |mut c: Caller<'_, Ctx>, id: i32, precision: i64, out: i32| {
+                with_memory(&mut c, |mem, _| {
+                    wasi::clock_time_get(mem, id, precision, out)
+                })
+            },
+        )?
+        .func_wrap(
+            M,
+            "clock_res_get",
+            |mut c: Caller<'_, Ctx>, id: i32, out: i32| {
+                with_memory(&mut c, |mem, _| wasi::clock_res_get(mem, id, out))
+            },
+        )?
+        .func_wrap(
+            M,
+            "fd_write",
+            |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, len: i32, out: i32| {
+                with_memory(&mut c, |mem, cx| {
+                    wasi::fd_write(&mut cx.io, mem, fd, iovs, len, out)
+                })
+            },
+        )?
+        .func_wrap(
+            M,
+            "environ_get",
+            |mut c: Caller<'_, Ctx>, env: i32, buf: i32| {
+                with_memory(&mut c, |mem, _| wasi::environ_get(mem, env, buf))
+            },
+        )?
+        .func_wrap(
+            M,
+            "environ_sizes_get",
+            |mut c: Caller<'_, Ctx>, count: i32, size: i32| {
+                with_memory(&mut c, |mem, _| wasi::environ_sizes_get(mem, count, size))
+            },
+        )?
+        .func_wrap(M, "proc_exit", |mut c: Caller<'_, Ctx>, code: i32| {
+            Err::<(), _>(anyhow::Error::new(wasi::proc_exit(
+                &mut c.data_mut().io,
+                code,
+            )))
+        })?;
+    Ok(linker)
 }

@@ -9,15 +9,20 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use urna_host::runtime::{self, Limits, Runtime};
-use urna_host::{Host, ModuleSlot, Settings};
+use urna_host::runtime::{self, Limits, RunMode, Runtime};
+use urna_host::{Host, ModuleSlot, Settings, WasmBackend};
 
-pub const DEADLINE: Duration = Duration::from_millis(100);
+/// CPU budget of one invocation in the tests.
+pub const CPU_BUDGET: Duration = Duration::from_millis(100);
+/// Wall limit: generous, so that a looping module gets its whole CPU budget (and is
+/// judged at fault) even when the shared 2-core machine is busy.
+pub const WALL_LIMIT: Duration = Duration::from_millis(3_000);
 pub const MEMORY_MB: u64 = 16;
 
 pub fn limits() -> Limits {
     Limits {
-        deadline: DEADLINE,
+        cpu_budget: CPU_BUDGET,
+        wall_limit: WALL_LIMIT,
         memory_bytes: (MEMORY_MB << 20) as usize,
         max_instances: 8,
         keep_resident_bytes: 0,
@@ -42,9 +47,14 @@ pub fn real_module() -> Vec<u8> {
 /// The runtimes to test: wasmtime always; WasmEdge when built with the feature and
 /// `WASMEDGE_DIR` is set — otherwise a clear SKIPPED line (not a pass).
 pub fn runtimes() -> Vec<Arc<dyn Runtime>> {
-    let mut all = vec![runtime::by_name("wasmtime", limits()).expect("wasmtime")];
+    runtimes_with(limits())
+}
+
+/// [`runtimes`] under other limits.
+pub fn runtimes_with(limits: Limits) -> Vec<Arc<dyn Runtime>> {
+    let mut all = vec![runtime::by_name("wasmtime", limits, RunMode::Auto).expect("wasmtime")];
     if cfg!(feature = "wasmedge") && std::env::var_os("WASMEDGE_DIR").is_some() {
-        all.push(runtime::by_name("wasmedge", limits()).expect("wasmedge"));
+        all.push(runtime::by_name("wasmedge", limits, RunMode::Auto).expect("wasmedge"));
     } else {
         // Straight to stderr, not `eprintln!`: libtest would swallow it for a passing test.
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -83,6 +93,7 @@ pub fn wat_module(abi: i32, extra: &str, handle: &str) -> Vec<u8> {
     let text = format!(
         r#"(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (global $calls (mut i32) (i32.const 0))
   (data (i32.const 32) "\09\09\09")
@@ -111,8 +122,9 @@ pub fn closed_module() -> Vec<u8> {
 
 /// Misbehaves on demand, by the first byte of the body:
 /// `T` traps, `L` loops, `M` grows memory until refused (then traps), `S` overflows the stack,
-/// `O` returns a result outside memory, `G` returns garbage, `X` calls `proc_exit`;
-/// anything else is the 422 reply.
+/// `O` returns a result outside memory, `H` a result of almost 4 GiB, `G` returns
+/// garbage, `X` calls `proc_exit`, `W` writes 10 KB to stdout and traps; anything else is
+/// the 422 reply.
 pub fn evil_module() -> Vec<u8> {
     wat_module(
         1,
@@ -126,6 +138,15 @@ pub fn evil_module() -> Vec<u8> {
         (br $g))))
     (if (i32.eq (local.get $b) (i32.const 83)) (then (call $recurse)))
     (if (i32.eq (local.get $b) (i32.const 79)) (then (return (i64.const OUT_OF_BOUNDS))))
+    (if (i32.eq (local.get $b) (i32.const 72)) (then (return (i64.const 4294967280))))
+    (if (i32.eq (local.get $b) (i32.const 87))
+      (then
+        ;; one iovec {buf 4096, len 10000} at 3000, nwritten at 3008
+        (i32.store (i32.const 3000) (i32.const 4096))
+        (i32.store (i32.const 3004) (i32.const 10000))
+        (memory.fill (i32.const 4096) (i32.const 119) (i32.const 10000))
+        (drop (call $fd_write (i32.const 1) (i32.const 3000) (i32.const 1) (i32.const 3008)))
+        unreachable))
     (if (i32.eq (local.get $b) (i32.const 71)) (then (return (i64.const GARBAGE))))
     (if (i32.eq (local.get $b) (i32.const 88)) (then (call $exit (i32.const 3))))
 "#,
@@ -182,6 +203,7 @@ pub struct TestHost {
     pub base: String,
     pub dir: ScratchDir,
     pub modules: Arc<ModuleSlot>,
+    pub backend: Arc<WasmBackend>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -191,16 +213,28 @@ pub fn settings(dir: &Path, brokers: &str, topic: &str) -> Settings {
         module_dir: dir.to_owned(),
         module_poll_ms: 50,
         wasm_runtime: host_runtime(),
-        wasm_deadline_ms: DEADLINE.as_millis() as u64,
+        wasm_cpu_budget_ms: CPU_BUDGET.as_millis() as u64,
+        wasm_wall_limit_ms: WALL_LIMIT.as_millis() as u64,
         wasm_memory_mb: MEMORY_MB,
         wasm_max_instances: 8,
-        kafka_probe_ms: 200,
-        shutdown_flush_ms: 5_000,
         ..Settings::default()
     };
+    s.kafka.kafka_probe_interval_ms = 200;
+    s.kafka.shutdown_flush_ms = 5_000;
     s.kafka.kafka_brokers = brokers.to_owned();
     s.kafka.kafka_topic = topic.to_owned();
+    fit_request_deadline(&mut s);
     s
+}
+
+/// Makes the HTTP request deadline long enough for the slot wait, the wall limit and
+/// the Kafka delivery timeout (the host refuses to start otherwise).
+pub fn fit_request_deadline(s: &mut Settings) {
+    let needed = s.wasm_slot_wait_ms
+        + s.wasm_wall_limit_ms
+        + s.kafka.delivery_budget().as_millis() as u64
+        + 1_000;
+    s.http.request_timeout_ms = s.http.request_timeout_ms.max(needed);
 }
 
 impl TestHost {
@@ -218,12 +252,14 @@ impl TestHost {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let host = Host::start(settings).await.expect("host starts");
         let modules = host.modules().clone();
+        let backend = host.backend().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(host.serve(listener, shutdown.clone()));
         TestHost {
             base,
             dir,
             modules,
+            backend,
             shutdown,
             task,
         }
@@ -292,4 +328,60 @@ pub async fn post_vote(http: &reqwest::Client, base: &str, body: &str) -> (u16, 
     let json =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"));
     (status, json)
+}
+
+/// Runs `f` on a thread that gets (almost) no CPU: pinned to one CPU next to a thread
+/// spinning there, at the idle scheduling class (`SCHED_IDLE`: a weight of 3 against the
+/// spinner's 1024, i.e. about 0.3 % of that CPU).
+pub fn starved<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::AtomicBool;
+    // SAFETY: plain libc calls on zeroed, correctly sized structs, for this thread only.
+    let cpu = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("some CPU")
+    };
+    let pin = move || {
+        // SAFETY: as above; pid 0 is the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "pin to CPU {cpu}"
+            );
+        }
+    };
+    let (spinning, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let spinner = s.spawn(|| {
+            pin();
+            spinning.store(true, Ordering::SeqCst);
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let worker = s.spawn(|| {
+            pin();
+            // SAFETY: as above.
+            unsafe {
+                let param = libc::sched_param { sched_priority: 0 };
+                assert_eq!(libc::sched_setscheduler(0, libc::SCHED_IDLE, &param), 0);
+            }
+            while !spinning.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            f()
+        });
+        let result = worker.join().expect("starved thread");
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().expect("spinner");
+        result
+    })
 }
