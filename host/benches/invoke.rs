@@ -7,7 +7,7 @@
 //!   instance with almost no logic in it;
 //! - `backend decide`: the same through the host's backend from async code
 //!   (semaphore + `spawn_blocking` hand-off + invoke + result check);
-//! - `healthz, slots looping`: `GET /healthz` of a host whose every invocation slot is
+//! - `healthz (looping)`: `GET /healthz` of a host whose every invocation slot is
 //!   held by a looping module (the time the host tests no longer assert).
 //!
 //! `cargo bench -p urna-host --bench invoke` (needs `make modules`). Prints
@@ -188,7 +188,7 @@ fn main() {
     Stats(run_trivial).report("wasm run `{`");
     Stats(total).report("wasm total");
     Stats(decide).report("backend decide");
-    Stats(healthz).report("healthz, slots looping");
+    Stats(healthz).report("healthz (looping)");
 }
 
 /// A module whose every vote loops until stopped.

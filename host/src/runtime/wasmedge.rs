@@ -154,78 +154,55 @@ fn arg_i64(args: &[WasmValue], i: usize) -> i64 {
     args.get(i).map_or(0, WasmValue::to_i64)
 }
 
-fn random_get(
-    _: &mut GuestIo,
-    _: &mut Instance,
-    f: &mut CallingFrame,
-    a: Vec<WasmValue>,
-) -> HostResult {
-    with_memory(f, |mem| {
-        wasi::random_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
-    })
+/// A WasmEdge host function (a plain `fn`, as the SDK wants) running `$body` over the
+/// calling instance's memory.
+macro_rules! host_fn {
+    ($name:ident, |$io:ident, $mem:ident, $args:ident| $body:expr) => {
+        fn $name(
+            $io: &mut GuestIo,
+            _: &mut Instance,
+            frame: &mut CallingFrame,
+            $args: Vec<WasmValue>,
+        ) -> HostResult {
+            with_memory(frame, |$mem| $body)
+        }
+    };
 }
 
-fn clock_time_get(
-    _: &mut GuestIo,
-    _: &mut Instance,
-    f: &mut CallingFrame,
-    a: Vec<WasmValue>,
-) -> HostResult {
-    with_memory(f, |mem| {
-        wasi::clock_time_get(mem, arg_i32(&a, 0), arg_i64(&a, 1), arg_i32(&a, 2))
-    })
-}
-
-fn clock_res_get(
-    _: &mut GuestIo,
-    _: &mut Instance,
-    f: &mut CallingFrame,
-    a: Vec<WasmValue>,
-) -> HostResult {
-    with_memory(f, |mem| {
-        wasi::clock_res_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
-    })
-}
-
-fn fd_write(
-    io: &mut GuestIo,
-    _: &mut Instance,
-    f: &mut CallingFrame,
-    a: Vec<WasmValue>,
-) -> HostResult {
-    with_memory(f, |mem| {
-        wasi::fd_write(
-            io,
-            mem,
-            arg_i32(&a, 0),
-            arg_i32(&a, 1),
-            arg_i32(&a, 2),
-            arg_i32(&a, 3),
-        )
-    })
-}
-
-fn environ_get(
-    _: &mut GuestIo,
-    _: &mut Instance,
-    f: &mut CallingFrame,
-    a: Vec<WasmValue>,
-) -> HostResult {
-    with_memory(f, |mem| {
-        wasi::environ_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
-    })
-}
-
-fn environ_sizes_get(
-    _: &mut GuestIo,
-    _: &mut Instance,
-    f: &mut CallingFrame,
-    a: Vec<WasmValue>,
-) -> HostResult {
-    with_memory(f, |mem| {
-        wasi::environ_sizes_get(mem, arg_i32(&a, 0), arg_i32(&a, 1))
-    })
-}
+host_fn!(random_get, |_io, mem, a| wasi::random_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1)
+));
+host_fn!(clock_time_get, |_io, mem, a| wasi::clock_time_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i64(&a, 1),
+    arg_i32(&a, 2)
+));
+host_fn!(clock_res_get, |_io, mem, a| wasi::clock_res_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1)
+));
+host_fn!(fd_write, |io, mem, a| wasi::fd_write(
+    io,
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1),
+    arg_i32(&a, 2),
+    arg_i32(&a, 3)
+));
+host_fn!(environ_get, |_io, mem, a| wasi::environ_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1)
+));
+host_fn!(environ_sizes_get, |_io, mem, a| wasi::environ_sizes_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1)
+));
 
 fn proc_exit(
     io: &mut GuestIo,
