@@ -2,12 +2,11 @@
 //!
 //! Where the Wasm call runs: on tokio's **blocking pool** (`spawn_blocking`), behind a
 //! semaphore of `max_instances` slots. Reasons:
-//! - an invocation is CPU-bound and may run until its deadline (a looping module); on
+//! - an invocation is CPU-bound and may run until it is stopped (a looping module); on
 //!   an async worker it would stall every other connection of that worker (2 workers
 //!   on this machine) for that long, health checks included;
-//! - wasmtime-wasi's synchronous WASI calls (e.g. a panic message on stderr) enter
-//!   tokio with `block_on`, which panics on an async worker and is fine on the blocking
-//!   pool;
+//! - the invoking thread's CPU clock decides whose fault a stop is, so the invocation
+//!   must have a thread to itself for its duration;
 //! - the semaphore keeps the number of threads and pool slots bounded; the hand-off
 //!   costs a few microseconds, measured by `urna_wasm_queue_duration_seconds`.
 //!
