@@ -1,7 +1,7 @@
 // ECharts options from API data; pure, so they are unit-tested without a canvas.
 
 import type { Results } from './types';
-import type { RateHistory } from './rates';
+import { RATE_WINDOW_MS, type RateHistory } from './rates';
 
 const SOURCE_COLORS: Record<string, string> = { grpc: '#4ea1ff', wasm: '#f2b134' };
 
@@ -33,14 +33,15 @@ export function albumBarOption(results: Results) {
   };
 }
 
-export function rateLineOption(history: RateHistory) {
+export function rateLineOption(history: RateHistory, now: number) {
   const producers = [...history.series.keys()].sort();
   return {
     animation: false,
     grid: { left: 8, right: 16, top: 32, bottom: 8, containLabel: true },
     legend: { data: producers, textStyle: { color: '#e6edf3' }, top: 0 },
     tooltip: { trigger: 'axis' },
-    xAxis: { type: 'time', axisLabel: { color: '#b8c2cc', hideOverlap: true } },
+    // Always the last minute, also before the first points arrive.
+    xAxis: { type: 'time', min: now - RATE_WINDOW_MS, max: now, axisLabel: { color: '#b8c2cc', hideOverlap: true } },
     yAxis: { type: 'value', name: 'votes/s', nameTextStyle: { color: '#b8c2cc' }, axisLabel: { color: '#b8c2cc' }, splitLine: { lineStyle: { color: '#2a323c' } } },
     series: producers.map((p) => ({
       name: p,
@@ -51,4 +52,9 @@ export function rateLineOption(history: RateHistory) {
       data: (history.series.get(p) ?? []).map((pt) => [pt.at, pt.perSecond]),
     })),
   };
+}
+
+/** The newest `n` rates of a producer, for the chart's data attributes and tests. */
+export function recentRates(history: RateHistory, producer: string, n = 10): string {
+  return (history.series.get(producer) ?? []).slice(-n).map((p) => p.perSecond).join(',');
 }

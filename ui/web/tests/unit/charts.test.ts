@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { albumBarOption, rateLineOption } from '../../src/lib/charts';
+import { albumBarOption, rateLineOption, recentRates } from '../../src/lib/charts';
 import { addRace, emptyHistory } from '../../src/lib/rates';
 import type { RaceView, Results } from '../../src/lib/types';
 
@@ -49,8 +49,11 @@ describe('charts', () => {
     // A restarted producer (counter went down) adds no point; old points age out.
     h = addRace(h, race(5, 60), 70_000);
     expect(h.series.get('wasm')).toEqual([]);
-    const option = rateLineOption(h);
+    const option = rateLineOption(h, 70_500);
     expect(option.series.map((s) => s.name)).toEqual(['grpc', 'wasm']);
     expect(option.series[0]?.data).toEqual([[70_000, 0]]);
+    expect([option.xAxis.min, option.xAxis.max]).toEqual([10_500, 70_500]);
+    expect(recentRates(h, 'grpc')).toBe('0');
+    expect(recentRates(h, 'nobody')).toBe('');
   });
 });
