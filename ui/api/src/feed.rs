@@ -36,6 +36,8 @@ pub struct Chunk {
     pub to: Cursor,
     /// In display order: producer acceptance time, then id.
     pub logs: Vec<LogEntry>,
+    /// The progress went back (the consumer's logs were reset): every stream restarts.
+    pub rewind: bool,
 }
 
 pub struct LogFeed {
@@ -126,6 +128,19 @@ impl LogFeed {
                 .cursor = Some(progress);
             return Ok(());
         };
+        if !progress.ranges_to(&from).is_empty() {
+            // Behind us: the logs and their progress were dropped (a consumer reset).
+            tracing::warn!(%from, to = %progress, "log progress went back; restarting the streams");
+            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.cursor = Some(progress.clone());
+            let _ = shared.tx.send(Arc::new(Chunk {
+                from: progress.clone(),
+                to: progress,
+                logs: Vec::new(),
+                rewind: true,
+            }));
+            return Ok(());
+        }
         if from.ranges_to(&progress).is_empty() {
             return Ok(());
         }
@@ -135,7 +150,12 @@ impl LogFeed {
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.cursor = Some(to.clone());
         // No receivers is not an error: nobody is watching.
-        let _ = shared.tx.send(Arc::new(Chunk { from, to, logs }));
+        let _ = shared.tx.send(Arc::new(Chunk {
+            from,
+            to,
+            logs,
+            rewind: false,
+        }));
         Ok(())
     }
 }
@@ -175,6 +195,9 @@ pub async fn follow(
     mine: &Cursor,
     chunk: &Chunk,
 ) -> mongodb::error::Result<Step> {
+    if chunk.rewind {
+        return Ok(Step::Reset);
+    }
     let mut logs = Vec::new();
     let mut next = mine.clone();
     if !mine.ranges_to(&chunk.from).is_empty() {

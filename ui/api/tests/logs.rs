@@ -366,3 +366,41 @@ async fn wait_for_cursor(api: &support::Api, _logs: &Logs, cursor: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// When the consumer's logs are reset (collection and progress dropped, offsets start
+/// again), open streams are told to `reset`, and a new stream follows the new logs.
+#[tokio::test]
+async fn a_reset_of_the_logs_restarts_the_streams() {
+    let api = support::start(support::private_settings()).await;
+    let logs = api.mongo().await;
+    let base = 1_800_000_000_000i64;
+    for i in 0..5i64 {
+        logs.write_batch(&[log(0, i, (base + i) * 1000)], ms(base + i), "m1")
+            .await;
+    }
+    wait_for_cursor(&api, &logs, "0:5").await;
+    let mut stream = api.stream("/api/logs/stream", None).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(5)).await.unwrap().event,
+        "snapshot"
+    );
+    logs.logs.drop().await.unwrap();
+    logs.progress.drop().await.unwrap();
+    logs.write_batch(&[log(0, 0, base * 1000)], ms(base), "m1")
+        .await;
+    let e = stream.next(Duration::from_secs(10)).await.expect("reset");
+    assert_eq!(e.event, "reset");
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "the stream ends"
+    );
+    wait_for_cursor(&api, &logs, "0:1").await;
+    let mut fresh = api.stream("/api/logs/stream", None).await;
+    let snapshot = fresh.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(snapshot.json()["logs"].as_array().unwrap().len(), 1);
+    logs.write_batch(&[log(0, 1, (base + 1) * 1000)], ms(base + 1), "m1")
+        .await;
+    let e = fresh.next(Duration::from_secs(10)).await.expect("new log");
+    assert_eq!(e.json()["logs"][0]["offset"], 1);
+    api.clean_up().await;
+}
