@@ -5,7 +5,10 @@
 use std::{env, fmt::Write as _, fs, path::PathBuf};
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BallotFile {
+    /// Bumped by hand when the ballot changes; the content hash below catches a forgotten bump.
+    version: u32,
     band: Vec<BandFile>,
 }
 
@@ -49,9 +52,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut code = String::from("pub(crate) static BUILTIN: &[BandEntry] = &[\n");
+    // FNV-1a over the normalised entries: two files with the same version number but
+    // different candidates get different version strings.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |text: &str| {
+        for b in text.bytes().chain([0]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
     for band in &ballot.band {
         if band.albums.is_empty() {
             return Err(format!("band {:?} has no album", band.name).into());
+        }
+        check_name("band", &band.name)?;
+        feed(band.name.trim());
+        for album in &band.albums {
+            check_name("album", &album.title)?;
+            feed(album.title.trim());
+            feed(&album.year.to_string());
         }
         writeln!(
             code,
@@ -69,6 +87,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         code.push_str("    ] },\n");
     }
     code.push_str("];\n");
+    writeln!(
+        code,
+        "pub(crate) static BUILTIN_VERSION: &str = \"{}+{:08x}\";",
+        ballot.version,
+        hash >> 32
+    )?;
     fs::write(out.join("ballot_data.rs"), code)?;
+    Ok(())
+}
+
+/// Names become Redis hash fields joined as `band|album`: no separator, no control
+/// characters, nothing empty.
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let name = name.trim();
+    if name.is_empty() || name.contains('|') || name.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} name {name:?} is empty or has '|' or a control character"
+        ));
+    }
     Ok(())
 }

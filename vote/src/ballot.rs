@@ -20,12 +20,22 @@ pub struct AlbumEntry {
 #[derive(Debug, Clone, Copy)]
 pub struct Ballot {
     bands: &'static [BandEntry],
+    version: &'static str,
 }
 
 impl Ballot {
     /// The ballot compiled from `config/ballot.toml`.
     pub fn builtin() -> Self {
-        Ballot { bands: BUILTIN }
+        Ballot {
+            bands: BUILTIN,
+            version: BUILTIN_VERSION,
+        }
+    }
+
+    /// `<version from the file>+<hash of its candidates>`: stamped on every record, so
+    /// a record says which ballot judged it (producers may be deployed at different times).
+    pub fn version(&self) -> &'static str {
+        self.version
     }
 
     pub fn bands(&self) -> &'static [BandEntry] {
@@ -65,6 +75,15 @@ mod tests {
         for band in ballot.bands() {
             assert_eq!(band.albums.len(), 2, "{}", band.name);
         }
+    }
+
+    #[test]
+    fn version_names_the_file_version_and_a_content_hash() {
+        let version = Ballot::builtin().version();
+        let (number, hash) = version.split_once('+').expect("version+hash");
+        assert_eq!(number, "1");
+        assert_eq!(hash.len(), 8);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()), "{version}");
     }
 
     #[test]

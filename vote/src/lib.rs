@@ -20,7 +20,7 @@ pub mod time;
 pub use ballot::Ballot;
 pub use error::VoteError;
 pub use parse::{MAX_BODY_BYTES, Rank, Vote, parse_vote};
-pub use record::{Source, VoteRecord, accept, check_record, record_json};
+pub use record::{Source, VoteRecord, accept, check_record, check_shape, record_json};
 
 /// Parse, validate and stamp one vote: the whole job of a producer short of publishing.
 pub fn handle(

@@ -39,6 +39,8 @@ pub struct Vote {
     pub band: &'static BandEntry,
     pub album: &'static AlbumEntry,
     pub rank: Rank,
+    /// The version of the ballot that judged this vote ([`Ballot::version`]).
+    pub ballot_version: &'static str,
 }
 
 impl Vote {
@@ -114,6 +116,7 @@ pub fn parse_vote(body: &[u8], ballot: &Ballot) -> Result<Vote, VoteError> {
         band,
         album: album_entry,
         rank,
+        ballot_version: ballot.version(),
     })
 }
 

@@ -18,6 +18,7 @@ pub fn accept(vote: &Vote, id: uuid::Uuid, source: Source, accepted_at_micros: i
         rank: u32::from(vote.rank.get()),
         source: source as i32,
         accepted_at_micros,
+        ballot_version: vote.ballot_version.to_owned(),
     }
 }
 
@@ -32,8 +33,72 @@ impl Source {
     }
 }
 
-/// Checks a decoded record as strictly as a vote: a consumer must not count a record
-/// that no producer could have written (a poison record goes to the dead-letter topic).
+/// Longest band or album name a record may carry (Redis hash fields, Mongo documents).
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest ballot version a record may carry.
+pub const MAX_BALLOT_VERSION_BYTES: usize = 64;
+
+/// Checks a decoded record's *shape*: what the consumer needs to count and log it
+/// safely. It deliberately does not ask whether the band is on the consumer's ballot:
+/// a producer already accepted the vote (202) against the ballot named in
+/// `ballot_version`, and a second opinion from another build could only dead-letter
+/// an accepted vote.
+pub fn check_shape(record: &VoteRecord) -> Result<(), VoteError> {
+    let id = uuid::Uuid::try_parse(&record.id)
+        .map_err(|e| VoteError::invalid("id", format!("id is not a UUID: {e}")))?;
+    if id.get_version_num() != 7 {
+        return Err(VoteError::invalid("id", "id is not a UUID v7"));
+    }
+    for (field, value) in [("name", &record.name), ("album", &record.album)] {
+        if value.is_empty() || value.len() > MAX_NAME_BYTES {
+            return Err(VoteError::invalid(
+                field,
+                format!("{field} must have 1 to {MAX_NAME_BYTES} bytes"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(VoteError::invalid(
+                field,
+                format!("{field} has a control character"),
+            ));
+        }
+    }
+    // `band|album` is a Redis hash field: a '|' in the band would make two albums collide.
+    if record.name.contains('|') {
+        return Err(VoteError::invalid("name", "name contains '|'"));
+    }
+    if !(1..=9999).contains(&record.year) {
+        return Err(VoteError::invalid("year", "year out of range"));
+    }
+    if crate::Rank::new(i64::from(record.rank)).is_none() {
+        return Err(VoteError::invalid("rank", "rank out of range"));
+    }
+    if !matches!(
+        Source::try_from(record.source),
+        Ok(Source::Grpc | Source::Wasm)
+    ) {
+        return Err(VoteError::invalid("source", "unknown source"));
+    }
+    if record.accepted_at_micros <= 0 {
+        return Err(VoteError::invalid(
+            "accepted_at_micros",
+            "no acceptance time",
+        ));
+    }
+    if record.ballot_version.len() > MAX_BALLOT_VERSION_BYTES
+        || record.ballot_version.chars().any(char::is_control)
+    {
+        return Err(VoteError::invalid(
+            "ballot_version",
+            "ballot version is malformed",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a decoded record as strictly as a vote, against `ballot`: what a producer
+/// writes passes it (used by the producers' tests, not by the consumer: see
+/// [`check_shape`]).
 pub fn check_record(record: &VoteRecord, ballot: &Ballot) -> Result<(), VoteError> {
     let id = uuid::Uuid::try_parse(&record.id)
         .map_err(|e| VoteError::invalid("id", format!("id is not a UUID: {e}")))?;
@@ -54,10 +119,13 @@ pub fn check_record(record: &VoteRecord, ballot: &Ballot) -> Result<(), VoteErro
     if crate::Rank::new(i64::from(record.rank)).is_none() {
         return Err(VoteError::invalid("rank", "rank out of range"));
     }
-    match Source::try_from(record.source) {
-        Ok(Source::Grpc | Source::Wasm) => Ok(()),
-        _ => Err(VoteError::invalid("source", "unknown source")),
+    if record.ballot_version != ballot.version() {
+        return Err(VoteError::invalid(
+            "ballot_version",
+            "another ballot judged this record",
+        ));
     }
+    check_shape(record)
 }
 
 /// The JSON view of a record (what the command module prints, what logs show).
@@ -71,6 +139,7 @@ pub fn record_json(record: &VoteRecord) -> serde_json::Value {
         "rank": record.rank,
         "source": source.label(),
         "accepted_at": crate::time::rfc3339_micros(record.accepted_at_micros),
+        "ballot_version": record.ballot_version,
     })
 }
 
@@ -134,5 +203,44 @@ mod tests {
         let mut r = sample();
         r.id = "not-a-uuid".into();
         assert!(check_record(&r, &ballot).is_err());
+    }
+
+    #[test]
+    fn accepted_record_carries_the_ballot_version() {
+        assert_eq!(sample().ballot_version, Ballot::builtin().version());
+    }
+
+    #[test]
+    fn shape_check_accepts_bands_of_other_ballots_but_not_broken_records() {
+        let field = |r: &VoteRecord| check_shape(r).map_err(|e| e.field().map(str::to_owned));
+        // A vote judged by another ballot (a newer module) is still a vote to count.
+        let mut r = sample();
+        r.name = "Malacates Trébol Shop".into();
+        r.album = "Gracias por Volver".into();
+        r.year = 2004;
+        r.ballot_version = "2+0badc0de".into();
+        assert_eq!(field(&r), Ok(()));
+        // Records written before ballots were versioned still count.
+        r.ballot_version.clear();
+        assert_eq!(field(&r), Ok(()));
+        type Breakage = (&'static str, fn(&mut VoteRecord));
+        let cases: [Breakage; 9] = [
+            ("id", |r| {
+                r.id = "01900000-0000-4000-8000-000000000001".into()
+            }),
+            ("name", |r| r.name.clear()),
+            ("name", |r| r.name = "A|B".into()),
+            ("album", |r| r.album = "x\u{7}".into()),
+            ("album", |r| r.album = "a".repeat(MAX_NAME_BYTES + 1)),
+            ("year", |r| r.year = 0),
+            ("rank", |r| r.rank = 0),
+            ("source", |r| r.source = 9),
+            ("accepted_at_micros", |r| r.accepted_at_micros = 0),
+        ];
+        for (want, break_it) in cases {
+            let mut r = sample();
+            break_it(&mut r);
+            assert_eq!(field(&r), Err(Some(want.to_owned())), "{r:?}");
+        }
     }
 }
