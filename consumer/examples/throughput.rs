@@ -90,6 +90,7 @@ async fn produce(brokers: &str, topic: &str, n: usize) -> anyhow::Result<()> {
             rank: (i % 10) as u32 + 1,
             source: Source::Grpc as i32,
             accepted_at_micros: urna_common::stamp::now_micros(),
+            ballot_version: urna_vote::Ballot::builtin().version().into(),
         };
         let producer = producer.clone();
         let topic = topic.to_owned();

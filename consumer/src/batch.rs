@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
-use urna_vote::{Ballot, VoteRecord, check_record};
+use urna_vote::{VoteRecord, check_shape};
 
 /// One record of the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +16,8 @@ pub struct Entry {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    /// A record that decodes and passes the same checks a producer applies.
+    /// A record that decodes and has the shape of a vote (see [`check_shape`]: the
+    /// producer already judged it against its ballot, the consumer does not judge again).
     Vote(VoteRecord),
     /// Undecodable or invalid: goes to the dead-letter topic, counted nowhere, but its
     /// offset still advances so it cannot stall the partition.
@@ -31,16 +32,13 @@ pub struct Batch {
 
 impl Batch {
     /// Decodes and checks each `(partition, offset, payload)`.
-    pub fn decode<'a>(
-        messages: impl IntoIterator<Item = (i32, i64, Option<&'a [u8]>)>,
-        ballot: &Ballot,
-    ) -> Batch {
+    pub fn decode<'a>(messages: impl IntoIterator<Item = (i32, i64, Option<&'a [u8]>)>) -> Batch {
         let mut entries: Vec<Entry> = messages
             .into_iter()
             .map(|(partition, offset, payload)| Entry {
                 partition,
                 offset,
-                item: decode_one(payload, ballot),
+                item: decode_one(payload),
             })
             .collect();
         entries.sort_by_key(|e| (e.partition, e.offset));
@@ -79,20 +77,32 @@ impl Batch {
         next
     }
 
+    /// Adds `other`'s records (of other partitions or later offsets).
+    pub fn extend(&mut self, other: Batch) {
+        self.entries.extend(other.entries);
+        self.entries.sort_by_key(|e| (e.partition, e.offset));
+        self.entries.dedup_by_key(|e| (e.partition, e.offset));
+    }
+
     /// Drops the records of `partition` (used when its position must be re-read).
     pub fn without_partition(&self, partition: i32) -> Batch {
+        self.retain_partitions(|p| p != partition)
+    }
+
+    /// Keeps only the records of the partitions `keep` says yes to.
+    pub fn retain_partitions(&self, keep: impl Fn(i32) -> bool) -> Batch {
         Batch {
             entries: self
                 .entries
                 .iter()
-                .filter(|e| e.partition != partition)
+                .filter(|e| keep(e.partition))
                 .cloned()
                 .collect(),
         }
     }
 }
 
-fn decode_one(payload: Option<&[u8]>, ballot: &Ballot) -> Item {
+fn decode_one(payload: Option<&[u8]>) -> Item {
     let Some(bytes) = payload else {
         return Item::Poison {
             payload: Vec::new(),
@@ -104,7 +114,7 @@ fn decode_one(payload: Option<&[u8]>, ballot: &Ballot) -> Item {
             payload: bytes.to_vec(),
             reason: format!("not a VoteRecord: {e}"),
         },
-        Ok(record) => match check_record(&record, ballot) {
+        Ok(record) => match check_shape(&record) {
             Ok(()) => Item::Vote(record),
             Err(e) => Item::Poison {
                 payload: bytes.to_vec(),
@@ -134,6 +144,7 @@ mod tests {
             rank,
             source: Source::Grpc as i32,
             accepted_at_micros: 1,
+            ballot_version: "1+00000000".into(),
         }
         .encode_to_vec()
     }
@@ -143,16 +154,13 @@ mod tests {
         let good = record(5);
         let invalid = record(11);
         let garbage = b"\xff\xff\xff".to_vec();
-        let batch = Batch::decode(
-            [
-                (1, 7, Some(good.as_slice())),
-                (0, 3, Some(garbage.as_slice())),
-                (1, 6, Some(invalid.as_slice())),
-                (1, 7, Some(good.as_slice())),
-                (0, 4, None),
-            ],
-            &Ballot::builtin(),
-        );
+        let batch = Batch::decode([
+            (1, 7, Some(good.as_slice())),
+            (0, 3, Some(garbage.as_slice())),
+            (1, 6, Some(invalid.as_slice())),
+            (1, 7, Some(good.as_slice())),
+            (0, 4, None),
+        ]);
         let positions: Vec<(i32, i64)> = batch
             .entries
             .iter()
@@ -163,6 +171,19 @@ mod tests {
         assert_eq!(batch.poison().count(), 3);
         assert_eq!(batch.next_offsets(), BTreeMap::from([(0, 5), (1, 8)]));
         assert_eq!(batch.without_partition(0).len(), 2);
+    }
+
+    #[test]
+    fn a_vote_judged_by_another_ballot_is_counted_not_dead_lettered() {
+        // The producer that accepted it (a newer module, say) had this band on its ballot.
+        let mut r = VoteRecord::decode(record(4).as_slice()).unwrap();
+        r.name = "Malacates Trébol Shop".into();
+        r.album = "Gracias por Volver".into();
+        r.year = 2004;
+        r.ballot_version = "2+0badc0de".into();
+        let payload = r.encode_to_vec();
+        let batch = Batch::decode([(0, 0, Some(payload.as_slice()))]);
+        assert_eq!(batch.votes().count(), 1, "{batch:?}");
     }
 
     #[test]

@@ -15,6 +15,10 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 
 use crate::batch::Batch;
+use crate::owner::Owner;
+
+/// `_id` of the owner document in the progress collection.
+const OWNER_ID: &str = "owner";
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -81,6 +85,7 @@ impl MongoSink {
                     "source": r.source().label(),
                     "accepted_at": DateTime::from_millis(r.accepted_at_micros.div_euclid(1000)),
                     "accepted_at_micros": r.accepted_at_micros,
+                    "ballot_version": &r.ballot_version,
                     "logged_at": logged_at,
                     "topic": &self.topic,
                     "partition": partition,
@@ -130,6 +135,43 @@ impl MongoSink {
             }
         }
         Ok(offsets)
+    }
+
+    /// The owner recorded for these logs, if any.
+    pub async fn owner(&self) -> mongodb::error::Result<Option<Owner>> {
+        let found = self.progress.find_one(doc! { "_id": OWNER_ID }).await?;
+        Ok(found.map(|d| Owner {
+            group: d.get_str("group").unwrap_or_default().to_owned(),
+            topic: d.get_str("topic").unwrap_or_default().to_owned(),
+        }))
+    }
+
+    /// Records `owner` as the owner of these logs unless one is recorded already.
+    pub async fn claim_owner(&self, owner: &Owner) -> mongodb::error::Result<()> {
+        let claimed = self
+            .progress
+            .update_one(
+                doc! { "_id": OWNER_ID },
+                doc! { "$setOnInsert": { "group": &owner.group, "topic": &owner.topic } },
+            )
+            .upsert(true)
+            .await;
+        match claimed {
+            Ok(_) => Ok(()),
+            // Two members starting together both upsert; the loser finds it recorded.
+            Err(e) if only_duplicates(&e).is_some() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops the logs and the progress (owner included); returns the collections dropped.
+    pub async fn reset(&self) -> mongodb::error::Result<Vec<String>> {
+        self.logs.drop().await?;
+        self.progress.drop().await?;
+        Ok(vec![
+            self.logs.name().to_owned(),
+            self.progress.name().to_owned(),
+        ])
     }
 
     pub async fn ping(&self) -> bool {

@@ -26,9 +26,38 @@ pub fn start_offsets(
         .collect()
 }
 
+/// What a member does when a batch starts past the stored next offset of its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapAction {
+    /// Kafka still has the records from `at`: read them again.
+    Reread { at: i64 },
+    /// Kafka deleted `from..to` (retention, delete-records) before they were counted:
+    /// skip them explicitly, count them as lost, go on from `to`.
+    SkipLost { from: i64, to: i64 },
+}
+
+/// `stored_next`: the sink's next offset; `log_start`: the partition's low watermark.
+pub fn gap_action(stored_next: i64, log_start: i64) -> GapAction {
+    if log_start > stored_next {
+        GapAction::SkipLost {
+            from: stored_next,
+            to: log_start,
+        }
+    } else {
+        GapAction::Reread { at: stored_next }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_is_reread_while_kafka_has_the_records_and_skipped_once_it_has_not() {
+        assert_eq!(gap_action(10, 0), GapAction::Reread { at: 10 });
+        assert_eq!(gap_action(10, 10), GapAction::Reread { at: 10 });
+        assert_eq!(gap_action(10, 25), GapAction::SkipLost { from: 10, to: 25 });
+    }
 
     #[test]
     fn lower_of_both_sinks_or_the_beginning() {

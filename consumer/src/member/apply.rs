@@ -1,0 +1,205 @@
+//! A batch → both sinks: dead letters first, then Redis and Mongo concurrently, retried
+//! while a sink is down, and gaps resolved (re-read, or skip what Kafka deleted).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::Offset;
+use rdkafka::consumer::Consumer;
+use tokio_util::sync::CancellationToken;
+
+use super::{Member, observe};
+use crate::batch::Batch;
+use crate::positions::{GapAction, gap_action};
+use crate::redis_sink::{PartitionOutcome, SinkError};
+
+impl Member {
+    /// Applies a batch, retrying with backoff while a sink is down. Returns what the
+    /// sinks applied — the batch less the partitions that must be re-read — or `None`
+    /// if shutdown came first (nothing was committed, so the next owner of those
+    /// partitions reads them again).
+    pub(super) async fn apply_with_retry(
+        &mut self,
+        batch: &Batch,
+        shutdown: &CancellationToken,
+    ) -> Option<Batch> {
+        let mut delays = urna_common::backoff::retry_delays();
+        let mut pending = batch.clone();
+        let mut applied = Batch::default();
+        // A partition gets one skip per batch: a second gap means "re-read".
+        let mut skipped = BTreeSet::new();
+        loop {
+            let gaps = match self.apply_once(&pending).await {
+                Ok(gaps) => gaps,
+                Err(e) => {
+                    let retry_in = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, ?retry_in, "batch not applied; pausing");
+                    self.pause();
+                    if !self.wait_polling(retry_in, shutdown).await {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            self.health.set_sinks_ok(true);
+            self.health.set_state_refused(false);
+            let gapped: BTreeSet<i32> = gaps.iter().map(|&(p, _)| p).collect();
+            applied.extend(pending.retain_partitions(|p| !gapped.contains(&p)));
+            let mut again = BTreeSet::new();
+            for (partition, stored_next) in gaps {
+                let may_skip = !skipped.contains(&partition);
+                if self.resolve_gap(partition, stored_next, may_skip).await {
+                    skipped.insert(partition);
+                    again.insert(partition);
+                }
+            }
+            if again.is_empty() {
+                self.dead_letters.forget_batch();
+                self.resume();
+                return Some(applied);
+            }
+            pending = pending.retain_partitions(|p| again.contains(&p));
+        }
+    }
+
+    /// Waits `delay` while polling Kafka, so the group sees this member alive; messages
+    /// that still arrive are kept for the next batch. False on shutdown.
+    async fn wait_polling(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(until) => return true,
+                received = self.consumer.recv() => {
+                    if let Ok(m) = received {
+                        self.carry.push(m.detach());
+                        self.pause();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dead letters first (so none is lost if the sinks then fail), then both sinks
+    /// concurrently. Returns the partitions that have a gap before this batch.
+    async fn apply_once(&mut self, batch: &Batch) -> anyhow::Result<Vec<(i32, i64)>> {
+        if batch.poison().next().is_some() {
+            let stored = self.sinks.redis.stored_offsets().await.inspect_err(|e| {
+                self.note_sink_error(e);
+            })?;
+            let pending = self.dead_letters.pending(batch, &stored);
+            let sent = self.dead_letters.send(&pending).await;
+            self.health.set_dlq_ok(sent.is_ok());
+            sent?;
+        }
+
+        let (redis, mongo) = tokio::join!(
+            async {
+                let started = Instant::now();
+                let r = self.sinks.redis.apply(batch).await;
+                observe("redis", started, r.is_ok());
+                r
+            },
+            async {
+                let started = Instant::now();
+                let r = self.sinks.mongo.apply(batch).await;
+                observe("mongo", started, r.is_ok());
+                r
+            }
+        );
+        let outcomes = redis.inspect_err(|e| self.note_sink_error(e))?;
+        let inserted = mongo
+            .inspect_err(|_| self.health.set_sinks_ok(false))
+            .context("MongoDB")?;
+
+        let mut counted = 0;
+        let mut gaps = Vec::new();
+        for (partition, outcome) in outcomes {
+            match outcome {
+                PartitionOutcome::Applied(n) => counted += n,
+                PartitionOutcome::Gap { stored_next } => gaps.push((partition, stored_next)),
+            }
+        }
+        let votes = batch.votes().count() as u64;
+        let poisoned = batch.poison().count() as u64;
+        metrics::counter!("urna_consumer_records_total", "outcome" => "counted").increment(counted);
+        metrics::counter!("urna_consumer_records_total", "outcome" => "poison").increment(poisoned);
+        metrics::counter!("urna_consumer_records_total", "outcome" => "replayed")
+            .increment(votes.saturating_sub(counted));
+        metrics::counter!("urna_consumer_logs_inserted_total").increment(inserted);
+        Ok(gaps)
+    }
+
+    fn note_sink_error(&self, e: &SinkError) {
+        match e {
+            SinkError::Refused(reason) => {
+                tracing::error!(%reason, "Redis refused the batch; an operator must fix the state");
+                self.health.set_state_refused(true);
+            }
+            _ => self.health.set_sinks_ok(false),
+        }
+    }
+
+    /// A batch starts past `stored_next`. If Kafka no longer has the records in between
+    /// (retention or delete-records moved the log start) and `may_skip`, skips them in
+    /// Redis, counts them as lost and returns true: the partition can be applied now.
+    /// Otherwise seeks back to `stored_next` so they are read again, and returns false.
+    async fn resolve_gap(&mut self, partition: i32, stored_next: i64, may_skip: bool) -> bool {
+        let watermarks = if may_skip {
+            // The rdkafka call is synchronous (a broker round trip); `run` requires the
+            // multi-thread runtime, where this does not stall other tasks.
+            tokio::task::block_in_place(|| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+                    .map(|(low, _)| low)
+            })
+        } else {
+            Ok(0)
+        };
+        let action = match watermarks {
+            Ok(log_start) => gap_action(stored_next, log_start),
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "no watermarks; re-reading the gap");
+                GapAction::Reread { at: stored_next }
+            }
+        };
+        match action {
+            GapAction::SkipLost { from, to } => {
+                match self.sinks.redis.skip_lost(partition, from, to).await {
+                    Ok(true) => {
+                        tracing::error!(
+                            partition,
+                            from,
+                            to,
+                            lost = to - from,
+                            "Kafka deleted these records before they were counted; skipping them"
+                        );
+                        metrics::counter!("urna_consumer_records_lost_total",
+                            "partition" => partition.to_string())
+                        .increment((to - from) as u64);
+                        true
+                    }
+                    // Someone else moved it: the next attempt sees where it is now.
+                    Ok(false) => true,
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "could not skip lost records");
+                        false
+                    }
+                }
+            }
+            GapAction::Reread { at } => {
+                tracing::warn!(partition, at, "gap before batch; re-reading");
+                if let Err(e) = self.consumer.seek(
+                    &self.topic,
+                    partition,
+                    Offset::Offset(at),
+                    Duration::from_secs(5),
+                ) {
+                    tracing::warn!(partition, error = %e, "seek failed");
+                }
+                false
+            }
+        }
+    }
+}

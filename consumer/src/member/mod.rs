@@ -1,0 +1,245 @@
+//! One member of the consumer group.
+//!
+//! ```text
+//! recv ─► batch (≤ batch_max records or batch_linger) ─► poison → votes.dlq (once)
+//!                                                      ─► Redis script ∥ Mongo insert
+//!      ◄─ on failure: pause partitions, back off, retry the same batch (keep polling)
+//!      ◄─ on a gap: re-read, or skip what Kafka deleted (counted as lost)
+//!      ◄─ on success: commit what the sinks applied to Kafka (lag metrics only)
+//! ```
+//! Kafka's committed offsets never run ahead of the sinks, so even a member that cannot
+//! read the sinks' offsets at assignment time may start from them safely.
+//!
+//! Files: this one sets up and runs the loop; [`apply`] writes a batch to the sinks with
+//! retries and resolves gaps; [`dlq`] dead-letters poison records once; [`flow`] pauses
+//! and resumes; [`rebalance`] places newly assigned partitions; [`startup`] connects
+//! the sinks and refuses a counting state that is not this member's.
+
+mod apply;
+mod dlq;
+mod flow;
+mod rebalance;
+mod startup;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Settings;
+use crate::batch::Batch;
+use crate::mongo_sink::MongoSink;
+use crate::ops::{self, Health};
+use crate::redis_sink::RedisSink;
+
+pub use startup::reset;
+
+/// Runs a member until `shutdown`; serves health and metrics on `ops_listener`.
+/// Returns an error when the counting state is not this member's to count on (see
+/// [`crate::owner`]) or when Kafka reports a fatal error.
+pub async fn run(
+    settings: Settings,
+    ops_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = urna_common::telemetry::metrics();
+    let health = Arc::new(Health::default());
+    let ops_router = ops::router(health.clone(), metrics);
+    let ops_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(ops_listener, ops_router)
+            .with_graceful_shutdown(ops_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "ops server failed");
+        }
+    });
+
+    let sinks = startup::connect_sinks(&settings, &shutdown).await?;
+    startup::check_state(&settings, &sinks).await?;
+    health.set_sinks_ok(true);
+    health.set_dlq_ok(true);
+
+    let dlq: FutureProducer = settings
+        .kafka
+        .producer_config()
+        .create()
+        .context("dead-letter producer")?;
+    let topic = settings.kafka.kafka_topic.clone();
+    let consumer = consumer(&settings, sinks.clone())?;
+    consumer.subscribe(&[&topic]).context("subscribe")?;
+    health
+        .subscribed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(member = %settings.member_name, group = %settings.group_id, %topic, "member started");
+
+    let mut member = Member {
+        dead_letters: dlq::DeadLetters::new(dlq, settings.dlq_topic.clone(), topic.clone()),
+        topic,
+        sinks,
+        health,
+        carry: Vec::new(),
+        paused: None,
+        consumer,
+    };
+    let linger = Duration::from_millis(settings.batch_linger_ms);
+    let batch_max = settings.batch_max.max(1);
+    let outcome = loop {
+        let messages = match member.collect(batch_max, linger, &shutdown).await {
+            Ok(Some(messages)) => messages,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let batch = Batch::decode(
+            messages
+                .iter()
+                .map(|m| (m.partition(), m.offset(), m.payload())),
+        );
+        metrics::histogram!("urna_consumer_batch_size").record(batch.len() as f64);
+        let Some(applied) = member.apply_with_retry(&batch, &shutdown).await else {
+            break Ok(());
+        };
+        member.commit(&applied, CommitMode::Async);
+    };
+    member.leave();
+    outcome
+}
+
+fn consumer(
+    settings: &Settings,
+    sinks: Sinks,
+) -> anyhow::Result<StreamConsumer<rebalance::MemberContext>> {
+    let context = rebalance::MemberContext {
+        sinks,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.kafka_brokers)
+        .set("group.id", &settings.group_id)
+        .set("client.id", &settings.member_name)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout_ms / 3).max(500).to_string(),
+        )
+        .set("statistics.interval.ms", "5000")
+        // Bounds what librdkafka prefetches per member (default 64 MiB).
+        .set("queued.max.messages.kbytes", "16384")
+        .create_with_context(context)
+        .context("Kafka consumer")
+}
+
+#[derive(Clone)]
+struct Sinks {
+    redis: RedisSink,
+    mongo: MongoSink,
+}
+
+// Fields drop in this order: `paused` holds librdkafka partition references, and a
+// consumer destroyed while any is alive waits for it forever, so the consumer comes last.
+struct Member {
+    dead_letters: dlq::DeadLetters,
+    topic: String,
+    sinks: Sinks,
+    health: Arc<Health>,
+    /// Messages received while a batch was being retried: the start of the next batch.
+    carry: Vec<OwnedMessage>,
+    /// The assignment paused while the sinks are down.
+    paused: Option<TopicPartitionList>,
+    consumer: StreamConsumer<rebalance::MemberContext>,
+}
+
+impl Member {
+    /// Waits for a first record, then lingers for more. `Ok(None)` on shutdown; an
+    /// error when librdkafka reports a fatal error (the member cannot go on).
+    async fn collect(
+        &mut self,
+        max: usize,
+        linger: Duration,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Vec<OwnedMessage>>> {
+        let mut messages = std::mem::take(&mut self.carry);
+        if messages.is_empty() {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    received = self.consumer.recv() => match received {
+                        Ok(m) => { messages.push(m.detach()); break; }
+                        Err(e) => {
+                            self.check_fatal()?;
+                            tracing::warn!(error = %e, "Kafka receive error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    },
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + linger;
+        while messages.len() < max {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                // A batch in hand is finished even when shutdown comes: that is
+                // "finish the batch in flight".
+                _ = shutdown.cancelled() => break,
+                received = self.consumer.recv() => match received {
+                    Ok(m) => messages.push(m.detach()),
+                    Err(e) => {
+                        self.check_fatal()?;
+                        tracing::warn!(error = %e, "Kafka receive error");
+                    }
+                },
+            }
+        }
+        Ok(Some(messages))
+    }
+
+    /// A fatal librdkafka error leaves the client unusable: report not ready and stop,
+    /// so the supervisor (or Kubernetes) starts a fresh member.
+    fn check_fatal(&self) -> anyhow::Result<()> {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            self.health.set_kafka_fatal();
+            tracing::error!(?code, %reason, "fatal Kafka error; the member stops");
+            anyhow::bail!("fatal Kafka error {code:?}: {reason}");
+        }
+        Ok(())
+    }
+
+    /// Commits the next offsets of what the sinks applied: Kafka's committed offsets
+    /// trail the sinks, never pass them.
+    fn commit(&self, applied: &Batch, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in applied.next_offsets() {
+            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, mode)
+        {
+            tracing::debug!(error = %e, "commit failed (partition moved?)");
+        }
+    }
+
+    /// Leaves the group cleanly so the partitions move at once.
+    fn leave(mut self) {
+        self.paused = None;
+        self.consumer.unsubscribe();
+        tracing::info!("member left the group");
+    }
+}
+
+fn observe(sink: &'static str, started: Instant, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::histogram!("urna_consumer_sink_duration_seconds", "sink" => sink, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}

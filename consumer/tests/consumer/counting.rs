@@ -1,0 +1,232 @@
+//! Exact counts through the whole member: several members, replays, poison records,
+//! a killed member, scaling, and Redis going away.
+
+use std::collections::BTreeMap;
+use std::process::Child;
+use std::time::Duration;
+
+use prost::Message;
+use urna_consumer::batch::Batch;
+use urna_consumer::redis_sink::PartitionOutcome;
+use urna_testkit::kafka;
+use urna_vote::{Source, VoteRecord};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_members_count_every_vote_exactly_once() {
+    let mut f = Fixture::new("two").await;
+    f.produce(1200).await;
+    let a = spawn_in_process(f.member_settings("a")).await;
+    let b = spawn_in_process(f.member_settings("b")).await;
+    f.assert_exactly_once(Duration::from_secs(90)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_batch_applied_twice_changes_nothing() {
+    let f = Fixture::new("twice").await;
+    let redis = f.redis_sink().await;
+    let mongo = f.mongo_sink().await;
+    let record = |rank: u32| {
+        VoteRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: "Bohemia Suburbana".into(),
+            album: "Imaginaria Sonora".into(),
+            year: 2015,
+            rank,
+            source: Source::Wasm as i32,
+            accepted_at_micros: 1,
+            ballot_version: String::new(),
+        }
+        .encode_to_vec()
+    };
+    let payloads: Vec<Vec<u8>> = (1..=4).map(record).collect();
+    let batch = |range: std::ops::Range<usize>| {
+        Batch::decode(range.map(|i| (0, i as i64, Some(payloads[i].as_slice()))))
+    };
+
+    let first = batch(0..3);
+    assert_eq!(
+        redis.apply(&first).await.unwrap(),
+        BTreeMap::from([(0, PartitionOutcome::Applied(3))])
+    );
+    assert_eq!(mongo.apply(&first).await.unwrap(), 3);
+    let after_first = f.redis_state().await;
+    assert_eq!(after_first.total, 3);
+    assert_eq!(
+        after_first.rank_sum["Bohemia Suburbana|Imaginaria Sonora"],
+        1 + 2 + 3
+    );
+
+    // Exactly the same batch again: no effect anywhere.
+    assert_eq!(
+        redis.apply(&first).await.unwrap(),
+        BTreeMap::from([(0, PartitionOutcome::Applied(0))])
+    );
+    assert_eq!(mongo.apply(&first).await.unwrap(), 0);
+    assert_eq!(f.redis_state().await, after_first);
+    assert_eq!(f.mongo_count().await, 3);
+
+    // Overlapping replay (offsets 1..4): only offset 3 is new.
+    let overlapping = batch(1..4);
+    assert_eq!(
+        redis.apply(&overlapping).await.unwrap(),
+        BTreeMap::from([(0, PartitionOutcome::Applied(1))])
+    );
+    assert_eq!(mongo.apply(&overlapping).await.unwrap(), 1);
+    let state = f.redis_state().await;
+    assert_eq!(state.total, 4);
+    assert_eq!(
+        state.rank_sum["Bohemia Suburbana|Imaginaria Sonora"],
+        1 + 2 + 3 + 4
+    );
+    assert_eq!(f.mongo_count().await, 4);
+
+    // A batch that starts past the stored offset is refused as a gap.
+    let ahead = Batch::decode([(0, 9, Some(payloads[0].as_slice()))]);
+    assert_eq!(
+        redis.apply(&ahead).await.unwrap(),
+        BTreeMap::from([(0, PartitionOutcome::Gap { stored_next: 4 })])
+    );
+    assert_eq!(f.redis_state().await.total, 4);
+    assert_eq!(
+        redis.stored_offsets().await.unwrap(),
+        BTreeMap::from([(0, 4)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_records_go_to_the_dead_letter_topic_once_and_do_not_stall() {
+    let mut f = Fixture::new("poison").await;
+    f.produce(50).await;
+    let mut invalid = vote(1);
+    invalid.rank = 42;
+    let out_of_range = invalid.encode_to_vec();
+    invalid.rank = 3;
+    invalid.name = "Alux|Nahual".into(); // would collide in the `band|album` hash fields
+    let piped = invalid.encode_to_vec();
+    let poison = [
+        b"\x08\x96\x01 not a record \xff".to_vec(),
+        out_of_range,
+        piped,
+    ];
+    produce_raw(f.brokers(), f.topic(), poison.map(|p| (None, p))).await;
+    f.produce(50).await;
+    let end = kafka::total_records(f.brokers(), f.topic());
+    assert_eq!(end, 103);
+
+    let member = spawn_in_process(f.member_settings("p")).await;
+    // Both sinks of a batch finish before its offsets move on; poll until both show the
+    // whole topic (the Redis script may land before the Mongo insert of the same batch).
+    wait_until(
+        "both sinks reach the end",
+        Duration::from_secs(60),
+        || async { f.redis_offsets_sum().await == end && f.mongo_count().await == 100 },
+    )
+    .await;
+    assert_eq!(f.redis_state().await, f.expected);
+    assert_eq!(f.dlq_records(), 3);
+    member.stop().await;
+
+    // A replay of the whole topic (Mongo's progress lost, so a member starts at the
+    // beginning) counts nothing twice and dead-letters nothing again.
+    let client = mongodb::Client::with_uri_str(&f.settings.mongo_url)
+        .await
+        .unwrap();
+    client
+        .database(&f.settings.mongo_db)
+        .collection::<mongodb::bson::Document>(&format!("{}.progress", f.settings.mongo_collection))
+        .delete_many(mongodb::bson::doc! { "_id": { "$ne": "owner" } })
+        .await
+        .unwrap();
+    let member = spawn_in_process(f.member_settings("p2")).await;
+    wait_until(
+        "Mongo's progress is back at the end",
+        Duration::from_secs(60),
+        || async { f.mongo_offsets().await.values().sum::<i64>() == end },
+    )
+    .await;
+    assert_eq!(f.redis_state().await, f.expected);
+    assert_eq!(f.mongo_count().await, 100);
+    assert_eq!(f.dlq_records(), 3, "the replay dead-lettered again");
+    member.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_killed_mid_stream_is_replaced_without_loss_or_double_count() {
+    let mut f = Fixture::new("kill").await;
+    f.settings.batch_max = 20;
+    let mut a = spawn_process(&f.member_settings("kill-a"));
+    let mut b = spawn_process(&f.member_settings("kill-b"));
+    f.produce(3000).await;
+    wait_counted_at_least(&f, 300).await;
+    a.kill().expect("SIGKILL member a");
+    a.wait().unwrap();
+    f.produce(1000).await;
+    f.assert_exactly_once(Duration::from_secs(120)).await;
+    terminate(&mut b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scaling_from_two_to_five_members_and_back_keeps_exact_counts() {
+    let mut f = Fixture::new("scale").await;
+    f.settings.batch_max = 20;
+    let mut members: Vec<Child> = (0..2)
+        .map(|i| spawn_process(&f.member_settings(&format!("scale-{i}"))))
+        .collect();
+    f.produce(1500).await;
+    wait_counted_at_least(&f, 200).await;
+    for i in 2..5 {
+        members.push(spawn_process(&f.member_settings(&format!("scale-{i}"))));
+    }
+    f.produce(1500).await;
+    wait_counted_at_least(&f, 1800).await;
+    for mut m in members.drain(2..) {
+        terminate(&mut m);
+    }
+    f.produce(1000).await;
+    f.assert_exactly_once(Duration::from_secs(120)).await;
+    for mut m in members {
+        terminate(&mut m);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_for_a_while_mid_stream_loses_and_doubles_nothing() {
+    let mut f = Fixture::new("redisdown").await;
+    let mut redis = PrivateRedis::start();
+    f.settings.redis_url = redis.url();
+    f.settings.batch_max = 20;
+    let a = spawn_in_process(f.member_settings("rd-a")).await;
+    let b = spawn_in_process(f.member_settings("rd-b")).await;
+    wait_until("member a is ready", Duration::from_secs(30), || async {
+        a.ready_status().await == 200
+    })
+    .await;
+    f.produce(2000).await;
+    wait_counted_at_least(&f, 200).await;
+    redis.stop();
+    // Votes keep arriving while Redis is down; the members pause, retry, and say
+    // they are not ready.
+    f.produce(500).await;
+    wait_until(
+        "a member reports not ready",
+        Duration::from_secs(30),
+        || async { a.ready_status().await == 503 || b.ready_status().await == 503 },
+    )
+    .await;
+    // Down "for a while": a fault's duration, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart();
+    f.assert_exactly_once(Duration::from_secs(120)).await;
+    wait_until(
+        "both members are ready again",
+        Duration::from_secs(30),
+        || async { a.ready_status().await == 200 && b.ready_status().await == 200 },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
