@@ -14,7 +14,8 @@ stack/up.sh >/dev/null
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "[bench] vote logic: native vs Wasm"
-invoke=$(cargo bench -q -p urna-host --bench invoke 2>/dev/null)
+# Paths relative to the repository: the report must not name this machine's folders.
+invoke=$(cargo bench -q -p urna-host --bench invoke 2>/dev/null | sed "s#$PWD/[^ ]*/\.\./#./#g; s#$PWD/#./#g")
 echo "$invoke"
 echo "[bench] consumer throughput ($records records)"
 consumer=$(target/release/examples/throughput "$records" 500 1 2>/dev/null)
@@ -23,7 +24,11 @@ echo "$consumer"
 {
   echo "# Benchmarks"
   echo
-  echo "Written by \`make bench\` ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD),"
+  # The report is committed after it is written, so name the code it measured: the
+  # parent commit, and "+ changes" when the working tree differed from it.
+  code=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD -- . ':!docs/benchmarks.md' || code="$code + uncommitted changes"
+  echo "Written by \`make bench\` ($(date -u +%Y-%m-%dT%H:%MZ), measuring the code of commit $code,"
   echo "$(nproc) cores, load average before the run: $load_before). One run; the machine is shared,"
   echo "so compare figures of the same run with each other, not with another run's."
   echo

@@ -14,7 +14,7 @@ bin=$root/target/release
 votes=${URNA_SAMPLE_VOTES:-$root/locust/data/sample-votes.jsonl}
 repeat=${URNA_TRAFFIC_REPEAT:-50}
 
-services=(wasm-host grpc-server grpc-client consumer-1 consumer-2)
+services=(wasm-host grpc-server grpc-client consumer-1 consumer-2 api)
 
 log() { printf '[pipeline] %s\n' "$*"; }
 
@@ -66,8 +66,13 @@ up() {
     log "WasmEdge not found (~/.wasmedge or WASMEDGE_DIR): the Wasm producer will run on wasmtime"
   fi
   log "building release binaries and the vote modules"
-  cargo build --release -p urna-host -p urna-grpc -p urna-consumer "${host_features[@]}"
+  cargo build --release -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api "${host_features[@]}"
   cargo build -p vote-module --target wasm32-wasip1 --profile wasm
+  log "building the web app (ui/web)"
+  if [[ ! -f ui/web/node_modules/.package-lock.json || ui/web/package-lock.json -nt ui/web/node_modules/.package-lock.json ]]; then
+    (cd ui/web && npm ci --no-audit --no-fund)
+  fi
+  (cd ui/web && npm run -s build)
   if [[ $wasm_runtime == wasmedge ]]; then
     # WasmEdge >= 0.17 interprets unless it runs in AOT mode with AOT-compiled code: the
     # host picks AOT for a module that carries it (URNA_WASMEDGE_RUN_MODE=auto).
@@ -97,6 +102,9 @@ up() {
   wait_ready grpc-client http://127.0.0.1:8082/readyz
   wait_ready consumer-1 http://127.0.0.1:9101/readyz
   wait_ready consumer-2 http://127.0.0.1:9102/readyz
+  start api URNA_LISTEN=127.0.0.1:8080 URNA_WEB_DIR="$root/ui/web/dist" "$bin/urna-api"
+  wait_ready api http://127.0.0.1:8080/readyz
+  log "web app (live votes, charts, the race): http://127.0.0.1:8080/"
 
   local before after accepted summary
   before=$(redis GET votes:total); before=${before:-0}
@@ -120,6 +128,8 @@ up() {
   echo "== results =="
   python3 scripts/show_results.py
   echo
+  log "web app: http://127.0.0.1:8080/  (logs API /api/logs, results /api/results, race /api/race)"
+  log "metrics: wasm :8081/metrics, grpc front :8082/metrics, grpc server :9110/metrics, consumers :9101/:9102/metrics"
   log "services keep running; stop everything with: make down"
 }
 

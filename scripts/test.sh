@@ -34,6 +34,9 @@ set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; failed+=("pytest (no tests)");
 elif [ "$rc" -ne 0 ]; then failed+=("pytest"); fi
 
+echo "== web app and logs API: Vitest, eslint, vue-tsc, nginx, headless Chromium (scripts/ui-test.sh) =="
+scripts/ui-test.sh || failed+=("ui")
+
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED suites: ${failed[*]}" >&2
   exit 1

@@ -10,6 +10,12 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
+# One install at a time: two `up.sh` started together (say, two test suites) would
+# otherwise build into the same files and one would fail on the other's temporary file.
+mkdir -p "$URNA_CACHE_DIR"
+exec 9>"$URNA_CACHE_DIR/.install.lock"
+flock 9
+
 did=0
 t0=$(now)
 
