@@ -16,6 +16,8 @@
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or Ctrl-C.
 //! - [`stamp`]: vote ids (UUID v7) and the producer clock.
+//! - `stores` (feature `stores`): Redis and MongoDB connections, set up one way for the
+//!   consumer and the logs API.
 
 pub mod backoff;
 pub mod config;
@@ -26,4 +28,6 @@ pub mod ops;
 pub mod producer_http;
 pub mod shutdown;
 pub mod stamp;
+#[cfg(feature = "stores")]
+pub mod stores;
 pub mod telemetry;

@@ -7,12 +7,11 @@
 //! never skips a log.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Collection, IndexModel};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
 
 use crate::batch::Batch;
 use crate::owner::Owner;
@@ -40,16 +39,11 @@ impl MongoSink {
         group: &str,
         member: &str,
     ) -> mongodb::error::Result<MongoSink> {
-        let mut options = ClientOptions::parse(url).await?;
-        options.server_selection_timeout = Some(Duration::from_secs(3));
-        options.connect_timeout = Some(Duration::from_secs(3));
-        options.app_name = Some("urna-consumer".into());
-        let client = Client::with_options(options)?;
-        let database = client.database(db);
+        let database = urna_common::stores::mongo_database(url, db, "urna-consumer").await?;
         Ok(MongoSink {
             logs: database.collection(collection),
-            progress: database.collection(&format!("{collection}.progress")),
-            progress_id: format!("{group}|{topic}"),
+            progress: database.collection(&urna_common::stores::progress_collection(collection)),
+            progress_id: urna_common::stores::progress_id(group, topic),
             topic: topic.to_owned(),
             member: member.to_owned(),
         })

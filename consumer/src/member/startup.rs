@@ -22,6 +22,23 @@ pub(super) fn owner(settings: &Settings) -> Owner {
     }
 }
 
+async fn redis_sink(settings: &Settings) -> redis::RedisResult<RedisSink> {
+    let keys = Keys::new(&settings.redis_prefix, &settings.group_id);
+    RedisSink::connect(&settings.redis_url, keys, owner(settings)).await
+}
+
+async fn mongo_sink(settings: &Settings) -> mongodb::error::Result<MongoSink> {
+    MongoSink::connect(
+        &settings.mongo_url,
+        &settings.mongo_db,
+        &settings.mongo_collection,
+        &settings.kafka.kafka_topic,
+        &settings.group_id,
+        &settings.member_name,
+    )
+    .await
+}
+
 /// Connects both sinks, retrying with backoff until they answer (or shutdown).
 pub(super) async fn connect_sinks(
     settings: &Settings,
@@ -32,24 +49,8 @@ pub(super) async fn connect_sinks(
     {
         anyhow::bail!("a consumer member needs tokio's multi-thread runtime");
     }
-    let redis = retry_until("Redis", shutdown, || {
-        RedisSink::connect(
-            &settings.redis_url,
-            Keys::new(&settings.redis_prefix, &settings.group_id),
-            owner(settings),
-        )
-    })
-    .await?;
-    let mongo = MongoSink::connect(
-        &settings.mongo_url,
-        &settings.mongo_db,
-        &settings.mongo_collection,
-        &settings.kafka.kafka_topic,
-        &settings.group_id,
-        &settings.member_name,
-    )
-    .await
-    .context("MongoDB client")?;
+    let redis = retry_until("Redis", shutdown, || redis_sink(settings)).await?;
+    let mongo = mongo_sink(settings).await.context("MongoDB client")?;
     retry_until("MongoDB indexes", shutdown, || mongo.ensure_indexes()).await?;
     Ok(Sinks { redis, mongo })
 }
@@ -137,23 +138,8 @@ async fn topic_ends(
 /// prefix, the owner record, the Mongo logs and their progress. The next member counts
 /// the topic again from what Kafka still has.
 pub async fn reset(settings: &Settings) -> anyhow::Result<Vec<String>> {
-    let redis = RedisSink::connect(
-        &settings.redis_url,
-        Keys::new(&settings.redis_prefix, &settings.group_id),
-        owner(settings),
-    )
-    .await
-    .context("connecting to Redis")?;
-    let mongo = MongoSink::connect(
-        &settings.mongo_url,
-        &settings.mongo_db,
-        &settings.mongo_collection,
-        &settings.kafka.kafka_topic,
-        &settings.group_id,
-        &settings.member_name,
-    )
-    .await
-    .context("MongoDB client")?;
+    let redis = redis_sink(settings).await.context("connecting to Redis")?;
+    let mongo = mongo_sink(settings).await.context("MongoDB client")?;
     let mut removed = redis.reset(&settings.redis_prefix).await?;
     let collections = mongo.reset().await.context("dropping the Mongo logs")?;
     removed.extend(

@@ -102,12 +102,8 @@ pub struct RedisSink {
 impl RedisSink {
     /// Connects (the manager reconnects by itself after Redis comes back).
     pub async fn connect(url: &str, keys: Keys, owner: Owner) -> redis::RedisResult<RedisSink> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn =
+            urna_common::stores::redis_connection(url, std::time::Duration::from_secs(5)).await?;
         Ok(RedisSink {
             conn,
             keys,
@@ -271,11 +267,7 @@ impl RedisSink {
     }
 
     pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .is_ok()
+        urna_common::stores::redis_ping(&self.conn).await
     }
 }
 

@@ -168,7 +168,7 @@ async fn a_batch_redis_refuses_changes_nothing_and_applies_once_fixed() {
             matches!(refused, Err(SinkError::Refused(_))),
             "{what}: {refused:?}"
         );
-        let mut state = f.redis_state_without_sources().await;
+        let mut state = f.counters(false).await;
         state.sources = expected.sources.clone();
         assert_eq!(
             state, expected,
@@ -200,33 +200,6 @@ async fn a_batch_redis_refuses_changes_nothing_and_applies_once_fixed() {
     }
     assert_eq!(f.redis_state().await, expected);
     assert_eq!(f.redis_offsets().await, BTreeMap::from([(0, 8)]));
-}
-
-impl Fixture {
-    /// Redis' counters, reading `sources` leniently (a test may have broken it).
-    async fn redis_state_without_sources(&self) -> Expected {
-        let mut conn = self.redis_conn().await;
-        let keys = self.keys();
-        let total: Option<i64> = redis::cmd("GET")
-            .arg(&keys.total)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let mut hash = async |key: &str| {
-            redis::cmd("HGETALL")
-                .arg(key)
-                .query_async::<BTreeMap<String, i64>>(&mut conn)
-                .await
-                .unwrap()
-        };
-        Expected {
-            total: total.unwrap_or(0),
-            bands: hash(&keys.bands).await,
-            albums: hash(&keys.albums).await,
-            rank_sum: hash(&keys.rank_sum).await,
-            sources: BTreeMap::new(),
-        }
-    }
 }
 
 /// Runs a member that must refuse to start; returns its error.

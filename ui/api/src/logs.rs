@@ -4,12 +4,10 @@
 //! The API never takes a Mongo filter from a request: every query here is built from
 //! validated numbers (a limit, cursor offsets) and the configured topic.
 
-use std::time::Duration;
-
 use futures::TryStreamExt as _;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Collection, IndexModel};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
 use serde::Serialize;
 
 use crate::cursor::Cursor;
@@ -96,17 +94,12 @@ impl LogStore {
         topic: &str,
         group: &str,
     ) -> mongodb::error::Result<LogStore> {
-        let mut options = ClientOptions::parse(url).await?;
-        options.server_selection_timeout = Some(Duration::from_secs(3));
-        options.connect_timeout = Some(Duration::from_secs(3));
-        options.app_name = Some("urna-api".into());
-        let client = Client::with_options(options)?;
-        let database = client.database(db);
+        let database = urna_common::stores::mongo_database(url, db, "urna-api").await?;
         Ok(LogStore {
             logs: database.collection(collection),
             // Written by the consumer's Mongo sink: `{_id: "<group>|<topic>", next: {p: offset}}`.
-            progress: database.collection(&format!("{collection}.progress")),
-            progress_id: format!("{group}|{topic}"),
+            progress: database.collection(&urna_common::stores::progress_collection(collection)),
+            progress_id: urna_common::stores::progress_id(group, topic),
             topic: topic.to_owned(),
         })
     }

@@ -44,12 +44,7 @@ pub struct ResultsStore {
 impl ResultsStore {
     /// Connects (the manager reconnects by itself after Redis comes back).
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<ResultsStore> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = urna_common::stores::redis_connection(url, Duration::from_secs(3)).await?;
         let key = |k: &str| format!("{prefix}:{k}");
         Ok(ResultsStore {
             conn,
@@ -64,11 +59,7 @@ impl ResultsStore {
     }
 
     pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .is_ok()
+        urna_common::stores::redis_ping(&self.conn).await
     }
 
     pub async fn read(&self) -> redis::RedisResult<Results> {
