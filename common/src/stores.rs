@@ -20,15 +20,34 @@ pub async fn mongo_database(
     Ok(mongodb::Client::with_options(options)?.database(db))
 }
 
-/// The collection beside a log collection that holds the consumer's per-partition
-/// progress (and the owner record): `<logs>.progress`.
-pub fn progress_collection(logs: &str) -> String {
-    format!("{logs}.progress")
+/// The log schema the consumer writes and the logs API reads: the log collection, the
+/// collection beside it with the per-partition progress (and the owner record),
+/// `<logs>.progress`, and the `_id` of one group's progress document for one topic,
+/// `<group>|<topic>`.
+#[derive(Clone)]
+pub struct LogCollections {
+    pub logs: mongodb::Collection<mongodb::bson::Document>,
+    pub progress: mongodb::Collection<mongodb::bson::Document>,
+    pub progress_id: String,
 }
 
-/// `_id` of one group's progress document for one topic.
-pub fn progress_id(group: &str, topic: &str) -> String {
-    format!("{group}|{topic}")
+impl LogCollections {
+    /// Connects (see [`mongo_database`]) and names the collections of `collection`.
+    pub async fn open(
+        url: &str,
+        db: &str,
+        collection: &str,
+        group: &str,
+        topic: &str,
+        app: &str,
+    ) -> mongodb::error::Result<LogCollections> {
+        let database = mongo_database(url, db, app).await?;
+        Ok(LogCollections {
+            logs: database.collection(collection),
+            progress: database.collection(&format!("{collection}.progress")),
+            progress_id: format!("{group}|{topic}"),
+        })
+    }
 }
 
 /// A Redis connection that reconnects by itself after Redis comes back: 2 s to connect,

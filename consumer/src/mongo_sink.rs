@@ -8,13 +8,14 @@
 
 use std::collections::BTreeMap;
 
+use mongodb::IndexModel;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, IndexModel};
 
 use crate::batch::Batch;
 use crate::owner::Owner;
+use urna_common::stores::LogCollections;
 
 /// `_id` of the owner document in the progress collection.
 const OWNER_ID: &str = "owner";
@@ -23,9 +24,7 @@ const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Clone)]
 pub struct MongoSink {
-    logs: Collection<Document>,
-    progress: Collection<Document>,
-    progress_id: String,
+    log: LogCollections,
     topic: String,
     member: String,
 }
@@ -39,11 +38,9 @@ impl MongoSink {
         group: &str,
         member: &str,
     ) -> mongodb::error::Result<MongoSink> {
-        let database = urna_common::stores::mongo_database(url, db, "urna-consumer").await?;
+        let log = LogCollections::open(url, db, collection, group, topic, "urna-consumer").await?;
         Ok(MongoSink {
-            logs: database.collection(collection),
-            progress: database.collection(&urna_common::stores::progress_collection(collection)),
-            progress_id: urna_common::stores::progress_id(group, topic),
+            log,
             topic: topic.to_owned(),
             member: member.to_owned(),
         })
@@ -59,7 +56,7 @@ impl MongoSink {
                     .build(),
             )
             .build();
-        self.logs.create_index(index).await?;
+        self.log.logs.create_index(index).await?;
         Ok(())
     }
 
@@ -92,7 +89,7 @@ impl MongoSink {
         let inserted = if docs.is_empty() {
             0
         } else {
-            match self.logs.insert_many(docs).ordered(false).await {
+            match self.log.logs.insert_many(docs).ordered(false).await {
                 Ok(result) => result.inserted_ids.len() as u64,
                 Err(e) => match only_duplicates(&e) {
                     Some(duplicates) => wanted - duplicates,
@@ -105,8 +102,9 @@ impl MongoSink {
             next.insert(format!("next.{partition}"), offset);
         }
         if !next.is_empty() {
-            self.progress
-                .update_one(doc! { "_id": &self.progress_id }, doc! { "$max": next })
+            self.log
+                .progress
+                .update_one(doc! { "_id": &self.log.progress_id }, doc! { "$max": next })
                 .upsert(true)
                 .await?;
         }
@@ -116,8 +114,9 @@ impl MongoSink {
     /// The next offset per partition this sink has fully written.
     pub async fn stored_offsets(&self) -> mongodb::error::Result<BTreeMap<i32, i64>> {
         let found = self
+            .log
             .progress
-            .find_one(doc! { "_id": &self.progress_id })
+            .find_one(doc! { "_id": &self.log.progress_id })
             .await?;
         let mut offsets = BTreeMap::new();
         if let Some(next) = found.as_ref().and_then(|d| d.get_document("next").ok()) {
@@ -133,7 +132,7 @@ impl MongoSink {
 
     /// The owner recorded for these logs, if any.
     pub async fn owner(&self) -> mongodb::error::Result<Option<Owner>> {
-        let found = self.progress.find_one(doc! { "_id": OWNER_ID }).await?;
+        let found = self.log.progress.find_one(doc! { "_id": OWNER_ID }).await?;
         Ok(found.map(|d| Owner {
             group: d.get_str("group").unwrap_or_default().to_owned(),
             topic: d.get_str("topic").unwrap_or_default().to_owned(),
@@ -143,6 +142,7 @@ impl MongoSink {
     /// Records `owner` as the owner of these logs unless one is recorded already.
     pub async fn claim_owner(&self, owner: &Owner) -> mongodb::error::Result<()> {
         let claimed = self
+            .log
             .progress
             .update_one(
                 doc! { "_id": OWNER_ID },
@@ -160,16 +160,17 @@ impl MongoSink {
 
     /// Drops the logs and the progress (owner included); returns the collections dropped.
     pub async fn reset(&self) -> mongodb::error::Result<Vec<String>> {
-        self.logs.drop().await?;
-        self.progress.drop().await?;
+        self.log.logs.drop().await?;
+        self.log.progress.drop().await?;
         Ok(vec![
-            self.logs.name().to_owned(),
-            self.progress.name().to_owned(),
+            self.log.logs.name().to_owned(),
+            self.log.progress.name().to_owned(),
         ])
     }
 
     pub async fn ping(&self) -> bool {
-        self.logs
+        self.log
+            .logs
             .client()
             .database("admin")
             .run_command(doc! { "ping": 1 })

@@ -527,17 +527,7 @@ async fn a_vote_that_gets_no_slot_in_time_gets_503_with_retry_after() {
         || host.backend.free_slots() == 0,
     )
     .await;
-    let r = http
-        .post(format!("{}/votes", host.base))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let retry_after = r.headers().get("retry-after").expect("Retry-After");
-    assert!(retry_after.to_str().unwrap().parse::<u32>().unwrap() >= 1);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let body = post_expect_503(&http, &host.base, "{}").await;
     assert!(body["error"].as_str().unwrap().contains("slot"), "{body}");
 
     // The loop itself is the module's fault; afterwards the slot serves again.
@@ -720,17 +710,8 @@ async fn kafka_unreachable_gives_503_with_retry_after_and_not_ready() {
         .unwrap();
     assert_eq!(r.status(), 200, "alive, just not ready");
 
-    let r = http
-        .post(format!("{}/votes", host.base))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"Alux Nahual","album":"Alux Nahual","year":1981,"rank":1}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let retry_after = r.headers().get("retry-after").expect("Retry-After");
-    assert!(retry_after.to_str().unwrap().parse::<u32>().unwrap() >= 1);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let vote = r#"{"name":"Alux Nahual","album":"Alux Nahual","year":1981,"rank":1}"#;
+    let body = post_expect_503(&http, &host.base, vote).await;
     assert!(body["error"].as_str().unwrap().contains("retry"), "{body}");
 
     // An invalid vote is still judged (no Kafka needed to say 422).

@@ -330,6 +330,22 @@ pub async fn post_vote(http: &reqwest::Client, base: &str, body: &str) -> (u16, 
     (status, json)
 }
 
+/// Posts `body` and asserts a 503 with a `Retry-After` of at least a second; returns the
+/// JSON error body.
+pub async fn post_expect_503(http: &reqwest::Client, base: &str, body: &str) -> serde_json::Value {
+    let r = http
+        .post(format!("{base}/votes"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 503);
+    let retry_after = r.headers().get("retry-after").expect("Retry-After");
+    assert!(retry_after.to_str().unwrap().parse::<u32>().unwrap() >= 1);
+    r.json().await.expect("JSON body")
+}
+
 /// Runs `f` on a thread that gets (almost) no CPU: pinned to one CPU next to a thread
 /// spinning there, at the idle scheduling class (`SCHED_IDLE`: a weight of 3 against the
 /// spinner's 1024, i.e. about 0.3 % of that CPU).

@@ -5,10 +5,12 @@
 //! validated numbers (a limit, cursor offsets) and the configured topic.
 
 use futures::TryStreamExt as _;
+use mongodb::IndexModel;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, IndexModel};
 use serde::Serialize;
+
+use urna_common::stores::LogCollections;
 
 use crate::cursor::Cursor;
 
@@ -80,9 +82,7 @@ impl LogEntry {
 /// Read access to one log collection and its progress record.
 #[derive(Clone)]
 pub struct LogStore {
-    logs: Collection<Document>,
-    progress: Collection<Document>,
-    progress_id: String,
+    log: LogCollections,
     topic: String,
 }
 
@@ -94,12 +94,10 @@ impl LogStore {
         topic: &str,
         group: &str,
     ) -> mongodb::error::Result<LogStore> {
-        let database = urna_common::stores::mongo_database(url, db, "urna-api").await?;
+        let log = LogCollections::open(url, db, collection, group, topic, "urna-api").await?;
         Ok(LogStore {
-            logs: database.collection(collection),
             // Written by the consumer's Mongo sink: `{_id: "<group>|<topic>", next: {p: offset}}`.
-            progress: database.collection(&urna_common::stores::progress_collection(collection)),
-            progress_id: urna_common::stores::progress_id(group, topic),
+            log,
             topic: topic.to_owned(),
         })
     }
@@ -115,12 +113,13 @@ impl LogStore {
                     .build(),
             )
             .build();
-        self.logs.create_index(index).await?;
+        self.log.logs.create_index(index).await?;
         Ok(())
     }
 
     pub async fn ping(&self) -> bool {
-        self.logs
+        self.log
+            .logs
             .client()
             .database("admin")
             .run_command(doc! { "ping": 1 })
@@ -131,6 +130,7 @@ impl LogStore {
     /// The newest `limit` logs, newest first.
     pub async fn latest(&self, limit: u32) -> mongodb::error::Result<Vec<LogEntry>> {
         let docs: Vec<Document> = self
+            .log
             .logs
             .find(doc! { "topic": &self.topic })
             .sort(doc! { "logged_at": -1, "accepted_at_micros": -1, "_id": -1 })
@@ -161,8 +161,9 @@ impl LogStore {
     /// (the consumer raises it with `$max` only after a batch's logs are all written).
     pub async fn progress(&self) -> mongodb::error::Result<Cursor> {
         let found = self
+            .log
             .progress
-            .find_one(doc! { "_id": &self.progress_id })
+            .find_one(doc! { "_id": &self.log.progress_id })
             .await?;
         let mut next = std::collections::BTreeMap::new();
         if let Some(d) = found.as_ref().and_then(|d| d.get_document("next").ok()) {
@@ -223,6 +224,7 @@ impl LogStore {
             "offset": { "$gte": start, "$lt": end },
         };
         let docs: Vec<Document> = self
+            .log
             .logs
             .find(filter)
             .sort(doc! { "offset": 1 })
