@@ -1,0 +1,59 @@
+"""Rendering the chart offline: where helm is, `helm template` into parsed objects.
+
+helm is installed by scripts/bootstrap.sh into .cache/go-tools/bin (HELM overrides).
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parents[1]
+CHART = REPO / "charts" / "urna"
+HELM = Path(os.environ.get("HELM", REPO / ".cache" / "go-tools" / "bin" / "helm"))
+# The Kubernetes version objects are rendered for and validated against: GKE's regular
+# release channel runs 1.33/1.34 at the time of writing.
+KUBE_VERSION = os.environ.get("URNA_KUBE_VERSION", "1.34.0")
+# Value sets every check runs on: the defaults, GKE's, and the optional parts switched on.
+VALUE_SETS = {
+    "default": [],
+    "gke": ["-f", str(CHART / "values-gke.yaml")],
+    "options": ["--set", "consumer.keda.enabled=true", "--set", "ui.enabled=true"],
+}
+
+
+def helm(*args, check=True):
+    if not HELM.is_file():
+        pytest.fail("helm is missing at %s: run scripts/bootstrap.sh" % HELM)
+    res = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and res.returncode != 0:
+        pytest.fail("helm %s exited %d:\n%s%s" % (" ".join(args), res.returncode, res.stdout, res.stderr))
+    return res
+
+
+def template(*extra):
+    """The objects `helm template` renders, as dicts (empty documents dropped)."""
+    out = helm("template", "urna", str(CHART), "--kube-version", KUBE_VERSION, *extra).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects, kind, name):
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, "expected one %s/%s, found %d" % (kind, name, len(found))
+    return found[0]
+
+
+def pod_specs(objects):
+    """(object, pod spec) of every workload that runs pods."""
+    specs = []
+    for o in objects:
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            specs.append((o, o["spec"]["template"]["spec"]))
+    return specs

@@ -1,0 +1,114 @@
+{{/* Common labels of every object. */}}
+{{- define "urna.labels" -}}
+app.kubernetes.io/part-of: urna
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "name" "host"). */}}
+{{- define "urna.selector" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end }}
+
+{{/* An image reference: (dict "root" $ "image" .Values.host.image).
+     urna images: <registry>/<namespace>/<repository>:<tag or global tag or appVersion>;
+     official third-party images (official: true) are <registry>/<repository>:<tag>. */}}
+{{- define "urna.image" -}}
+{{- $g := .root.Values.global.image -}}
+{{- $tag := .image.tag | default $g.tag | default .root.Chart.AppVersion -}}
+{{- if .image.official -}}
+{{ printf "%s/%s:%s" $g.registry .image.repository $tag }}
+{{- else -}}
+{{ printf "%s/%s/%s:%s" $g.registry $g.namespace .image.repository $tag }}
+{{- end -}}
+{{- end }}
+
+{{/* Pod-level security: non-root, the runtime's default seccomp profile. */}}
+{{- define "urna.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid | default 10001 }}
+runAsGroup: {{ .uid | default 10001 }}
+fsGroup: {{ .uid | default 10001 }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security: no privilege escalation, no capabilities, read-only root. */}}
+{{- define "urna.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{/* In-cluster addresses, built once here so every service gets the same ones. */}}
+{{- define "urna.kafkaBrokers" -}}
+{{ .Values.kafka.clusterName }}-kafka-bootstrap.{{ .Values.namespaces.kafka.name }}.svc.{{ .Values.global.clusterDomain }}:9092
+{{- end }}
+
+{{- define "urna.redisHost" -}}
+urna-redis.{{ .Values.namespaces.data.name }}.svc.{{ .Values.global.clusterDomain }}
+{{- end }}
+
+{{/* The replica set's seed list: every member by its stable StatefulSet DNS name. */}}
+{{- define "urna.mongoHosts" -}}
+{{- $root := . -}}
+{{- $hosts := list -}}
+{{- range $i := until (int .Values.mongodb.replicas) -}}
+{{- $hosts = append $hosts (printf "urna-mongodb-%d.urna-mongodb.%s.svc.%s:27017" $i $root.Values.namespaces.data.name $root.Values.global.clusterDomain) -}}
+{{- end -}}
+{{ join "," $hosts }}
+{{- end }}
+
+{{/* Env entries that build URNA_REDIS_URL and URNA_MONGO_URL from the Secrets in the
+     pod's namespace (Kubernetes expands $(VAR) from earlier entries). */}}
+{{- define "urna.storeEnv" -}}
+- name: URNA_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: urna-redis, key: password}
+- name: URNA_REDIS_URL
+  value: "redis://:$(URNA_REDIS_PASSWORD)@{{ include "urna.redisHost" . }}:6379"
+- name: URNA_MONGO_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: urna-mongodb, key: password}
+- name: URNA_MONGO_URL
+  value: "mongodb://{{ .Values.mongodb.rootUser }}:$(URNA_MONGO_PASSWORD)@{{ include "urna.mongoHosts" . }}/?replicaSet={{ .Values.mongodb.replicaSetName }}&authSource=admin"
+{{- end }}
+
+{{/* A map of URNA_* settings as env entries, in a stable order. */}}
+{{- define "urna.envMap" -}}
+{{- range $k, $v := . }}
+- name: {{ $k }}
+  value: {{ $v | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* HTTP probes on the services' own endpoints. */}}
+{{- define "urna.httpProbes" -}}
+livenessProbe:
+  httpGet: {path: /healthz, port: {{ .port }}}
+  periodSeconds: 10
+  timeoutSeconds: 2
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: {{ .port }}}
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 2
+{{- end }}
+
+{{/* NetworkPolicy pieces: DNS to any namespace; a namespace by its name label. */}}
+{{- define "urna.np.dns" -}}
+- to:
+    - namespaceSelector: {}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- end }}
+{{- define "urna.np.ns" -}}
+namespaceSelector:
+  matchLabels:
+    kubernetes.io/metadata.name: {{ . }}
+{{- end }}
