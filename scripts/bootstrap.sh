@@ -39,3 +39,14 @@ if [ ! -x "$machete_root/bin/cargo-machete" ]; then
   echo "bootstrap: installing cargo-machete into $machete_root"
   cargo install cargo-machete --locked --root "$machete_root"
 fi
+
+# helm for the chart checks (charts/tests), built from its Go module into the cache; the
+# stamp records the version so a changed pin reinstalls.
+helm_version=v3.19.0
+helm_root=.cache/go-tools
+if [ "$(cat "$helm_root/helm.version" 2>/dev/null)" != "$helm_version" ] || [ ! -x "$helm_root/bin/helm" ]; then
+  echo "bootstrap: installing helm $helm_version into $helm_root"
+  mkdir -p "$helm_root/bin"
+  GOBIN="$PWD/$helm_root/bin" go install "helm.sh/helm/v3/cmd/helm@$helm_version"
+  echo "$helm_version" > "$helm_root/helm.version"
+fi

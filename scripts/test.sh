@@ -37,6 +37,17 @@ elif [ "$rc" -ne 0 ]; then failed+=("pytest"); fi
 echo "== web app and logs API: Vitest, eslint, vue-tsc, nginx, headless Chromium (scripts/ui-test.sh) =="
 scripts/ui-test.sh || failed+=("ui")
 
+echo "== Helm chart: lint, Kubernetes + Strimzi schemas, rendered facts, Grafana panels vs the consumer (charts/tests) =="
+python3 -m pip install -q --disable-pip-version-check -r charts/tests/requirements.txt
+# The dashboard test runs the debug binaries: the same build as ui-test.sh, so a no-op here.
+cargo build -q -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api || failed+=("charts (cargo build)")
+set +e
+python3 -m pytest charts/tests -q
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; failed+=("charts (no tests)");
+elif [ "$rc" -ne 0 ]; then failed+=("charts"); fi
+
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED suites: ${failed[*]}" >&2
   exit 1
