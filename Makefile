@@ -10,7 +10,7 @@ SAMPLE_VOTES := locust/data/sample-votes.jsonl
 # cargo-machete (unused dependencies), installed by scripts/bootstrap.sh
 MACHETE := .cache/cargo-tools/bin/cargo-machete
 
-.PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench
+.PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench images push chart-check
 
 ## up: install what is missing, build, start the stack and every service, send traffic
 ##     through both producers and show the counted results
@@ -64,6 +64,21 @@ stack-status:
 ##        writes docs/benchmarks.md
 bench: bootstrap
 	scripts/bench.sh
+
+## images: build every service's image as docker.io/$(DOCKERHUB_NAMESPACE)/<name>:$(IMAGE_TAG)
+##         with docker or podman (scripts/images.sh; the chart's global.image.* values)
+images:
+	scripts/images.sh build
+
+## push: build, then push the images to Docker Hub (`docker login` first)
+push: images
+	scripts/images.sh push
+
+## chart-check: only the Helm chart's checks (lint, schemas, rendered facts, dashboard vs
+##              consumer; the last needs the stack and the debug binaries)
+chart-check: bootstrap
+	python3 -m pip install -q --disable-pip-version-check -r charts/tests/requirements.txt
+	python3 -m pytest charts/tests -q
 
 ## clean: stop the stack and remove its data (caches in .cache/ stay; `rm -rf .cache` for those)
 clean:
