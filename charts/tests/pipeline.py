@@ -73,7 +73,7 @@ class Pipeline:
     def __init__(self):
         self.tag = uuid.uuid4().hex[:8]
         self.topic = "dash-%s" % self.tag
-        self.db, self.redis = claim_redis_db()
+        self.db, self.redis = None, None
         self.collection = "logs_dash_%s" % self.tag
         self.ports = {k: free_port() for k in ("wasm", "grpc", "grpc_server", "grpc_metrics", "consumer")}
         self.logdir = Path(tempfile.mkdtemp(prefix="urna-dash-%s-" % self.tag))
@@ -96,6 +96,14 @@ class Pipeline:
         self.procs[name] = subprocess.Popen([str(path)], env=full, stdout=log, stderr=subprocess.STDOUT)
 
     def start(self):
+        # The shared local stack: started if it is down (scripts/test.sh stops what it
+        # started when the run ends), as the other suites do.
+        if subprocess.run(["bash", str(REPO / "stack" / "status.sh"), "--quiet"], check=False,
+                          capture_output=True).returncode != 0:
+            res = subprocess.run(["bash", str(REPO / "stack" / "up.sh")], capture_output=True, text=True,
+                                 timeout=900, check=False)
+            assert res.returncode == 0, "stack/up.sh failed:\n" + res.stdout[-3000:] + res.stderr[-3000:]
+        self.db, self.redis = claim_redis_db()
         # Topics made up front with the votes topic's 6 partitions (as on GKE).
         for topic in (self.topic, self.topic + ".dlq"):
             res = subprocess.run([str(CACHE / "bin" / "urna-ferretdb"), "kafka-topics", "-brokers", KAFKA,
@@ -145,7 +153,8 @@ class Pipeline:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.redis.flushdb()
+        if self.redis is not None:
+            self.redis.flushdb()
         try:
             import pymongo
             db = pymongo.MongoClient(MONGO_URL, serverSelectionTimeoutMS=3000)["urna_test"]
