@@ -34,10 +34,22 @@ def helm(*args, check=True):
     return res
 
 
+class StrictLoader(yaml.SafeLoader):
+    """Refuses a mapping with a key twice: PyYAML would keep the last one silently,
+    while the API server's decoder refuses the whole object."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        dupes = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+        if dupes:
+            raise yaml.constructor.ConstructorError(None, None, "duplicate keys %r" % dupes, node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def template(*extra):
     """The objects `helm template` renders, as dicts (empty documents dropped)."""
     out = helm("template", "urna", str(CHART), "--kube-version", KUBE_VERSION, *extra).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in yaml.load_all(out, Loader=StrictLoader) if d]
 
 
 def by_kind(objects, kind):

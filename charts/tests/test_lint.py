@@ -19,3 +19,10 @@ def test_a_consumer_ceiling_above_the_partitions_is_refused():
                      "--set", "consumer.autoscaling.maxReplicas=7", check=False)
     assert res.returncode != 0
     assert "exceeds the votes topic's partitions" in res.stderr
+
+
+def test_rendered_yaml_with_a_key_twice_is_refused():
+    # chart.template parses with this loader; it must catch what PyYAML would hide.
+    import yaml
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate keys"):
+        list(yaml.load_all("metadata:\n  labels:\n    a: x\n    a: y\n", Loader=chart.StrictLoader))
