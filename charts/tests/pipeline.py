@@ -75,6 +75,7 @@ class Pipeline:
         self.topic = "dash-%s" % self.tag
         self.db, self.redis = None, None
         self.collection = "logs_dash_%s" % self.tag
+        self.group = "dash-%s" % self.tag
         self.ports = {k: free_port() for k in ("wasm", "grpc", "grpc_server", "grpc_metrics", "consumer")}
         self.logdir = Path(tempfile.mkdtemp(prefix="urna-dash-%s-" % self.tag))
         self.procs = {}
@@ -120,7 +121,7 @@ class Pipeline:
         self._start("consumer", "urna-consumer", {
             **kafka,
             "URNA_DLQ_TOPIC": self.topic + ".dlq",
-            "URNA_GROUP_ID": "dash-%s" % self.tag,
+            "URNA_GROUP_ID": self.group,
             # The default prefix `votes`, in a database of the test's own.
             "URNA_REDIS_URL": "redis://127.0.0.1:%d/%d" % (REDIS_PORT, self.db),
             "URNA_MONGO_URL": MONGO_URL,
@@ -132,6 +133,21 @@ class Pipeline:
         for what, url in (("wasm producer", self.wasm), ("gRPC producer", self.grpc),
                           ("consumer", "http://127.0.0.1:%d" % p["consumer"])):
             poll(what + " ready", lambda url=url: self._alive() and http_ok(url + "/readyz"), 120)
+
+    def end_offsets(self):
+        """partition → end offset of the votes topic, from Kafka (its own CLI tool)."""
+        res = subprocess.run(["java", "-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
+                              "-cp", str(CACHE / "kafka-libs" / "*"), "org.apache.kafka.tools.GetOffsetShell",
+                              "--bootstrap-server", KAFKA, "--topic", self.topic],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        ends = {}
+        for line in res.stdout.split():
+            topic, partition, offset = line.rsplit(":", 2)
+            assert topic == self.topic, line
+            ends[int(partition)] = int(offset)
+        assert len(ends) == 6, res.stdout
+        return ends
 
     def _alive(self):
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}

@@ -8,6 +8,7 @@ Needs the local stack (scripts/test.sh starts it) and the debug binaries + vote 
 """
 
 import json
+import re
 import tomllib
 import urllib.error
 import urllib.request
@@ -67,8 +68,10 @@ def post(base, vote):
         return e.code, e.read().decode()
 
 
-def expected_keys(votes):
-    """What the design's Redis keys must hold after these votes, by key name."""
+def expected_keys(votes, group, end_offsets):
+    """What the design's Redis keys must hold after these votes, by key name: the counters,
+    and the group's next offset per partition — Kafka's end offset for every partition
+    that received a vote (all were counted; none was dead-lettered)."""
     albums, bands, ranks, sources = Counter(), Counter(), Counter(), Counter()
     for source, vote, (band, album) in votes:
         albums["%s|%s" % (band, album)] += 1
@@ -81,7 +84,21 @@ def expected_keys(votes):
         "votes:albums": dict(albums),
         "votes:rank_sum": dict(ranks),
         "votes:sources": dict(sources),
+        "votes:offsets:%s" % group: {str(p): end for p, end in end_offsets.items() if end > 0},
     }
+
+
+def interpolate(key, dashboard, values):
+    """A key with Grafana's dashboard variables ($name / ${name}) replaced by the test's
+    values; every variable must be one the dashboard defines."""
+    defined = {v["name"] for v in dashboard.get("templating", {}).get("list", [])}
+
+    def sub(m):
+        name = m.group(1) or m.group(2)
+        assert name in defined, "%r uses $%s, which the dashboard does not define" % (key, name)
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, key)
 
 
 def as_numbers(reply):
@@ -102,7 +119,9 @@ def counted():
         # Wait until the consumer has counted every vote (polling, not sleeping).
         poll("all %d votes counted" % VOTES,
              lambda: pipeline._alive() and pipeline.redis.get("votes:total") == str(VOTES), 120)
-        yield pipeline.redis, expected_keys(votes)
+        ends = pipeline.end_offsets()
+        assert sum(ends.values()) == VOTES
+        yield pipeline.redis, expected_keys(votes, pipeline.group, ends), {"group": pipeline.group}
     except BaseException:
         print(pipeline.logs())
         raise
@@ -119,13 +138,24 @@ def test_the_dashboard_has_several_panel_types_on_redis():
     assert ts and all(t.get("streaming") for t in ts)
 
 
+def test_the_group_variable_defaults_to_the_charts_consumer_group():
+    # The dashboard's $group must name the group the chart deploys, or its progress
+    # panel reads an offsets hash nobody writes.
+    import yaml
+    dashboard = json.loads(DASHBOARD.read_text())
+    group = next(v for v in dashboard["templating"]["list"] if v["name"] == "group")
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    assert group["current"]["value"] == group["query"] == values["consumer"]["env"]["URNA_GROUP_ID"]
+
+
 def test_each_panel_command_returns_the_counted_numbers(counted):
-    r, expected = counted
-    targets = redis_targets(json.loads(DASHBOARD.read_text()))
+    r, expected, variables = counted
+    dashboard = json.loads(DASHBOARD.read_text())
+    targets = redis_targets(dashboard)
     assert targets
     for panel, target in targets:
-        args = [target["command"], target["keyName"]] + ([target["field"]] if target.get("field") else [])
-        key = target["keyName"]
+        key = interpolate(target["keyName"], dashboard, variables)
+        args = [target["command"], key] + ([target["field"]] if target.get("field") else [])
         assert key in expected, "panel %r reads %r, a key the consumer does not write" % (panel["title"], key)
         got = as_numbers(r.execute_command(*args))
         assert got == expected[key], "panel %r: %s returned %r, expected %r" % (panel["title"], " ".join(args), got, expected[key])
