@@ -10,7 +10,7 @@ SAMPLE_VOTES := locust/data/sample-votes.jsonl
 # cargo-machete (unused dependencies), installed by scripts/bootstrap.sh
 MACHETE := .cache/cargo-tools/bin/cargo-machete
 
-.PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench images push chart-check
+.PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
 
 ## up: install what is missing, build, start the stack and every service, send traffic
 ##     through both producers and show the counted results
@@ -79,6 +79,12 @@ push: images
 chart-check: bootstrap
 	python3 -m pip install -q --disable-pip-version-check -r charts/tests/requirements.txt
 	python3 -m pytest charts/tests -q
+
+## compare: the gRPC-vs-Wasm timing experiment (Locust, wrk) on the running pipeline
+##          (`make up` first); writes docs/timing-report.md, its plots and the Locust HTML
+##          report. Longer run: URNA_COMPARE_ARGS='--repeats 5 --duration 30' make compare
+compare:
+	scripts/compare.sh
 
 ## clean: stop the stack and remove its data (caches in .cache/ stay; `rm -rf .cache` for those)
 clean:

@@ -2,6 +2,8 @@
 # The whole pipeline on the local embedded stack:
 #   scripts/pipeline.sh up     build, start stack + producers + 2 consumer members,
 #                              send traffic through both producers, show the results
+#   scripts/pipeline.sh start  start stack + services from binaries already built
+#                              (URNA_PROFILE=release|debug, default release); no build, no traffic
 #   scripts/pipeline.sh down   stop the services and the stack
 # Services log to .stack/logs/<name>.log; pids live in .stack/run/<name>.pid.
 set -euo pipefail
@@ -10,7 +12,8 @@ root=$PWD
 stack_dir=${URNA_STACK_DIR:-$root/.stack}
 logs=$stack_dir/logs
 run=$stack_dir/run
-bin=$root/target/release
+profile=${URNA_PROFILE:-release}
+bin=$root/target/$profile
 votes=${URNA_SAMPLE_VOTES:-$root/locust/data/sample-votes.jsonl}
 repeat=${URNA_TRAFFIC_REPEAT:-50}
 
@@ -52,10 +55,10 @@ wasmedge_home() {
   done
 }
 
-up() {
-  # The Wasm producer runs on WasmEdge (AOT-compiled modules) when WasmEdge is installed,
-  # else on wasmtime.
-  local wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm
+# The Wasm producer runs on WasmEdge (AOT-compiled modules) when WasmEdge is installed,
+# else on wasmtime.
+wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm
+pick_wasm_runtime() {
   local wasmedge; wasmedge=$(wasmedge_home)
   if [[ -n $wasmedge ]]; then
     export WASMEDGE_DIR=$wasmedge
@@ -65,6 +68,12 @@ up() {
   else
     log "WasmEdge not found (~/.wasmedge or WASMEDGE_DIR): the Wasm producer will run on wasmtime"
   fi
+  if [[ $wasm_runtime == wasmedge ]]; then module_dir=$root/target/wasm32-wasip1/wasmedge-aot; fi
+}
+
+up() {
+  [[ $profile == release ]] || { log "up builds release binaries; URNA_PROFILE=$profile is for start"; exit 2; }
+  pick_wasm_runtime
   log "building release binaries and the vote modules"
   cargo build --release -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api "${host_features[@]}"
   cargo build -p vote-module --target wasm32-wasip1 --profile wasm
@@ -76,13 +85,19 @@ up() {
   if [[ $wasm_runtime == wasmedge ]]; then
     # WasmEdge >= 0.17 interprets unless it runs in AOT mode with AOT-compiled code: the
     # host picks AOT for a module that carries it (URNA_WASMEDGE_RUN_MODE=auto).
-    module_dir=$root/target/wasm32-wasip1/wasmedge-aot
     mkdir -p "$module_dir"
     "$wasmedge/bin/wasmedge" compile "$root/target/wasm32-wasip1/wasm/vote_module.wasm" \
       "$module_dir/vote_module.wasm.tmp"
     mv "$module_dir/vote_module.wasm.tmp" "$module_dir/vote_module.wasm"
     log "vote_module.wasm AOT-compiled into $module_dir"
   fi
+  start_services
+  send_traffic
+}
+
+# Starts the stack and every service from $bin (skipping those already running) and waits
+# until each is ready.
+start_services() {
   stack/up.sh
   python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
   mkdir -p "$logs" "$run"
@@ -105,7 +120,9 @@ up() {
   start api URNA_LISTEN=127.0.0.1:8080 URNA_WEB_DIR="$root/ui/web/dist" "$bin/urna-api"
   wait_ready api http://127.0.0.1:8080/readyz
   log "web app (live votes, charts, the race): http://127.0.0.1:8080/"
+}
 
+send_traffic() {
   local before after accepted summary
   before=$(redis GET votes:total); before=${before:-0}
   log "sending $(( $(grep -c . "$votes") * repeat )) votes from $votes, alternating producers"
@@ -149,8 +166,21 @@ down() {
   stack/down.sh
 }
 
+# `start`: the services from binaries built before (e.g. by `make up`, or by
+# `cargo build` for URNA_PROFILE=debug), for runs that must not rebuild first.
+start_built() {
+  pick_wasm_runtime
+  local exe
+  for exe in urna-host urna-grpc-server urna-grpc-client urna-consumer urna-api; do
+    [[ -x $bin/$exe ]] || { log "$bin/$exe is missing: build it first (make up, or cargo build)"; exit 1; }
+  done
+  [[ -f $module_dir/vote_module.wasm ]] || { log "$module_dir/vote_module.wasm is missing: make modules"; exit 1; }
+  start_services
+}
+
 case ${1:-} in
   up) up ;;
+  start) start_built ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|start|down" >&2; exit 2 ;;
 esac

@@ -35,6 +35,7 @@ done = function(summary, latency, requests)
   for status, n in pairs(total) do
     io.write(string.format("status %d: %d\n", status, n))
   end
-  io.write(string.format("latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+  io.write(string.format("latency p50 %.2f ms, p95 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000,
+    latency.max / 1000))
 end
