@@ -138,7 +138,7 @@ def stage_means(before: dict, after: dict, producer: str) -> dict:
         stages["wasm_run"] = mean("front", "urna_wasm_run_duration_seconds", outcome="accepted")
         stages["kafka_ack"] = mean("front", "urna_kafka_ack_duration_seconds", outcome="ok")
     else:
-        stages["grpc_roundtrip"] = mean("front", "urna_grpc_roundtrip_duration_seconds", code="OK")
+        stages["grpc_roundtrip"] = mean("front", "urna_grpc_roundtrip_duration_seconds", code="ok")
         stages["vote_logic"] = mean("server", "urna_vote_logic_duration_seconds", outcome="accepted")
         stages["kafka_ack"] = mean("server", "urna_kafka_ack_duration_seconds", outcome="ok")
     statuses = counter_delta(b[f"{producer}.front"], a[f"{producer}.front"], "urna_http_requests_total", "status")
