@@ -70,6 +70,17 @@ def stage_breakdown(point: dict, producer: str) -> dict[str, float | None]:
     return parts
 
 
+def counts_ok(point: dict, connections: int) -> bool:
+    """A point's counts check. Exact for Locust; for wrk (which abandons answers in flight)
+    the sinks must agree and exceed the producer's 202s by at most its connections."""
+    c = point["counts"]
+    if point["kind"] != "wrk":
+        return c["ok"]
+    extra = c["redis_total_delta"] - c["accepted"]
+    return (0 <= extra <= connections and c["mongo_delta"] == c["redis_total_delta"]
+            and c["redis_source_delta"] in (None, c["redis_total_delta"]))
+
+
 def cpu_per_vote(point: dict, producer: str) -> float | None:
     """Producer processes' CPU ms per accepted vote (host; or gRPC front + server)."""
     names = ["wasm-host"] if producer == "wasm" else ["grpc-client", "grpc-server"]
@@ -321,16 +332,28 @@ def write_report(run: Run, files: dict[str, str], img_rel: str, html_rel: str | 
 
     # The counts check.
     checked = [p for p in run.points if "counts" in p]
-    bad = [p for p in checked if not p["counts"]["ok"]]
-    total = sum(p["counts"]["accepted"] for p in checked)
+    bad = [p for p in checked if not counts_ok(p, s["users"])]
+    exact = [p for p in checked if p["kind"] != "wrk"]
+    wrk_pts = [p for p in checked if p["kind"] == "wrk"]
+    total = sum(p["counts"]["accepted"] for p in exact)
     w("## Counts check")
     w("")
     if not bad:
-        w(f"**Passed for all {len(checked)} points**: after every point, `votes:total` in Redis, "
-          f"`votes:sources` for that producer and the number of documents in MongoDB `urna.logs` each moved by "
-          f"exactly the number of 202s ({total:,} accepted votes in all). For Locust points that is the 202s Locust "
-          f"received (it waits for answers in flight when it stops); for wrk points the producer's own count "
-          f"(`urna_http_requests_total{{status=\"202\"}}`), because wrk drops answers still in flight at its end.")
+        w(f"**Passed for all {len(checked)} points.** After each of the {len(exact)} Locust points, `votes:total` "
+          f"in Redis, `votes:sources` for that producer and the number of documents in MongoDB `urna.logs` each "
+          f"moved by **exactly** the number of 202s Locust received ({total:,} accepted votes in all; Locust waits "
+          f"for answers in flight when it stops).")
+        if wrk_pts:
+            extra = [p["counts"]["redis_total_delta"] - p["counts"]["accepted"] for p in wrk_pts]
+            w("")
+            w(f"For the {len(wrk_pts)} wrk points the check is bounded, not exact: wrk closes its connections with "
+              f"requests in flight when its time is up, and a vote the producer had already handed to Kafka is "
+              f"written although its 202 was never sent (so not counted in the producer's "
+              f"`urna_http_requests_total{{status=\"202\"}}`). There Redis and MongoDB agree with each other and "
+              f"exceed the producer's 202 count by {min(extra)}–{max(extra)} votes, never more than wrk's "
+              f"{s['users']} connections. This is the contract's \"202 ⇒ counted once\", not its converse: a client "
+              f"that hangs up after the hand-off leaves a counted vote it never heard about (like a 503 after the "
+              f"broker wrote, docs/architecture.md).")
     else:
         w(f"**FAILED for {len(bad)} of {len(checked)} points:**")
         w("")
