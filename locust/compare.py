@@ -56,11 +56,24 @@ def fetch(url: str, timeout: float = 5) -> str:
 # --- counts: Redis and MongoDB --------------------------------------------------------
 
 class Counts:
-    def __init__(self, redis_port: int, mongo_url: str, mongo_db: str, mongo_collection: str, prefix: str):
+    """Redis counters and MongoDB logs. `progress_id` (`<group>|<topic>`) switches the
+    MongoDB figure from counting documents to the sink's progress record (the sum of its
+    per-partition next offsets, raised only after a batch's logs are inserted): FerretDB
+    counts documents by scanning them (about a minute at 100k logs), too slow to poll
+    after every point, so the runner counts documents once at the start and the end."""
+
+    def __init__(self, redis_port: int, mongo_url: str, mongo_db: str, mongo_collection: str, prefix: str,
+                 progress_id: str | None = None):
         import pymongo  # installed from locust/requirements.txt
         self.redis_port = redis_port
         self.prefix = prefix
-        self.logs = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)[mongo_db][mongo_collection]
+        db = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000, socketTimeoutMS=600_000)[mongo_db]
+        self.logs = db[mongo_collection]
+        self.progress = db[f"{mongo_collection}.progress"]
+        self.progress_id = progress_id
+
+    def documents(self) -> int:
+        return self.logs.count_documents({})
 
     def redis(self) -> dict:
         out = subprocess.run(["redis-cli", "-p", str(self.redis_port), "--no-raw", "EVAL",
@@ -72,7 +85,10 @@ class Counts:
         return {"total": total, "wasm": wasm, "grpc": grpc}
 
     def mongo(self) -> int:
-        return self.logs.count_documents({})
+        if self.progress_id is None:
+            return self.documents()
+        doc = self.progress.find_one({"_id": self.progress_id}) or {}
+        return sum(int(v) for v in (doc.get("next") or {}).values())
 
     def snapshot(self) -> dict:
         return {"redis": self.redis(), "mongo": self.mongo()}
@@ -334,7 +350,9 @@ def main(argv=None) -> int:
             return 2
     t0 = time.time()
     processes = pids(args.stack_dir / "run")
-    counts = Counts(args.redis_port, args.mongo_url, "urna", "logs", "votes")
+    counts = Counts(args.redis_port, args.mongo_url, "urna", "logs", "votes", progress_id="urna-counter|votes")
+    log("counting MongoDB documents at the start (FerretDB scans: may take a minute)")
+    documents_before = counts.documents()
     work = Path(tempfile.mkdtemp(prefix="urna-compare-"))
     votes = work / "votes.jsonl"
     subprocess.run([sys.executable, str(HERE / "gen_votes.py"), "--count", str(args.count),
@@ -385,10 +403,21 @@ def main(argv=None) -> int:
                     "unexpected": sum(x["unexpected"] for x in per.values())}
         record["points"].append(point("locust-html", "both", both, processes, counts, phase="html", rate=middle, repeat=0))
 
+    # The documents themselves, once for the whole run: they must have grown by exactly
+    # what the per-point checks saw the sinks take in.
+    log("counting MongoDB documents at the end")
+    expected_docs = sum(pt["counts"]["mongo_delta"] for pt in record["points"] if "counts" in pt)
+    documents_after = counts.documents()
+    record["documents_check"] = {"before": documents_before, "after": documents_after,
+                                 "delta": documents_after - documents_before, "expected": expected_docs,
+                                 "ok": documents_after - documents_before == expected_docs}
+    log(f"MongoDB documents: {documents_before} → {documents_after} (Δ {documents_after - documents_before}, "
+        f"per-point sum {expected_docs})")
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record["duration_s"] = round(time.time() - t0, 1)
     record["environment"]["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
-    record["counts_ok"] = all(pt["counts"]["ok"] for pt in record["points"] if "counts" in pt)
+    record["counts_ok"] = (all(pt["counts"]["ok"] for pt in record["points"] if "counts" in pt)
+                           and record["documents_check"]["ok"])
     record["unexpected_total"] = sum(pt["result"].get("unexpected", 0) for pt in record["points"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
