@@ -34,6 +34,9 @@ set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; failed+=("pytest (no tests)");
 elif [ "$rc" -ne 0 ]; then failed+=("pytest"); fi
 
+echo "== load generation: vote generator, locustfile against a private pipeline, timing report (scripts/locust-test.sh) =="
+scripts/locust-test.sh || failed+=("locust")
+
 echo "== web app and logs API: Vitest, eslint, vue-tsc, nginx, headless Chromium (scripts/ui-test.sh) =="
 scripts/ui-test.sh || failed+=("ui")
 
