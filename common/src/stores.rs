@@ -1,9 +1,13 @@
 //! Connections to the two stores the consumer writes and the logs API reads, set up one
-//! way (feature `stores`): the same timeouts everywhere, and the names of the Mongo log
-//! schema's side collection in one place.
+//! way (feature `stores`): the same timeouts everywhere, and the Mongo log schema's
+//! progress records written and read in one place.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A database handle; 3 s to select a server or connect, so a down MongoDB is an error
@@ -20,15 +24,24 @@ pub async fn mongo_database(
     Ok(mongodb::Client::with_options(options)?.database(db))
 }
 
-/// The log schema the consumer writes and the logs API reads: the log collection, the
-/// collection beside it with the per-partition progress (and the owner record),
-/// `<logs>.progress`, and the `_id` of one group's progress document for one topic,
-/// `<group>|<topic>`.
+/// The log schema the consumer writes and the logs API reads: the log collection and,
+/// beside it in `<logs>.progress`, the owner record and the progress marks. A mark
+/// `{_id: "<group>|<topic>|<partition>|<next>", of: "<group>|<topic>", partition, next}`
+/// says every log of that partition below offset `next` is in the log collection; a
+/// partition's progress is its highest mark.
+///
+/// Marks are inserted, never updated: FerretDB applies an update as read-modify-write, so
+/// two writers raising one document with `$max` lose each other's writes (seen: a reader
+/// saw offsets go back hundreds of times with two members sharing one document, and
+/// concurrent `$max` on one partition's document ended below the highest value). An
+/// insert is atomic; the writer then deletes the marks below its own, so a partition
+/// keeps about one mark, and the highest is never deleted.
 #[derive(Clone)]
 pub struct LogCollections {
     pub logs: mongodb::Collection<mongodb::bson::Document>,
     pub progress: mongodb::Collection<mongodb::bson::Document>,
-    pub progress_id: String,
+    /// `<group>|<topic>`: which progress marks are this group's for this topic.
+    progress_of: String,
 }
 
 impl LogCollections {
@@ -45,9 +58,66 @@ impl LogCollections {
         Ok(LogCollections {
             logs: database.collection(collection),
             progress: database.collection(&format!("{collection}.progress")),
-            progress_id: format!("{group}|{topic}"),
+            progress_of: format!("{group}|{topic}"),
         })
     }
+
+    /// Raises each partition's progress to `next`; a lower `next` than the partition's
+    /// progress (a late batch of a member that lost the partition) changes nothing.
+    pub async fn raise_progress(&self, next: &BTreeMap<i32, i64>) -> mongodb::error::Result<()> {
+        for (&partition, &offset) in next {
+            let mark = doc! {
+                "_id": format!("{}|{partition}|{offset}", self.progress_of),
+                "of": &self.progress_of,
+                "partition": partition,
+                "next": offset,
+            };
+            match self.progress.insert_one(mark).await {
+                Ok(_) => {}
+                // The same mark again: a replayed batch.
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(e),
+            }
+            self.progress
+                .delete_many(doc! {
+                    "of": &self.progress_of,
+                    "partition": partition,
+                    "next": { "$lt": offset },
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Per partition, the next offset below which every log is in the log collection.
+    pub async fn read_progress(&self) -> mongodb::error::Result<BTreeMap<i32, i64>> {
+        let mut found = self.progress.find(doc! { "of": &self.progress_of }).await?;
+        let mut next = BTreeMap::new();
+        while let Some(d) = found.try_next().await? {
+            let partition = d.get_i32("partition").ok();
+            let offset = match d.get("next") {
+                Some(Bson::Int64(o)) => Some(*o),
+                Some(Bson::Int32(o)) => Some(i64::from(*o)),
+                _ => None,
+            };
+            if let (Some(p), Some(o)) = (partition, offset) {
+                let highest = next.entry(p).or_insert(o);
+                *highest = (*highest).max(o);
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// MongoDB's duplicate-key error code (E11000).
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// True when `e` is a single write refused for a duplicate key.
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY
+    )
 }
 
 /// A Redis connection that reconnects by itself after Redis comes back: 2 s to connect,

@@ -2,7 +2,7 @@
 //!
 //! `_id = <topic>-<partition>-<offset>`, so a redelivered record hits a duplicate key
 //! and is ignored. After a batch is fully in, the sink records its own next offset per
-//! partition (`$max`, so a late zombie cannot move it back); on assignment a member
+//! partition (`LogCollections::raise_progress`, `$max`); on assignment a member
 //! starts at the lower of this and the Redis offset, so a crash between the two sinks
 //! never skips a log.
 
@@ -15,12 +15,10 @@ use mongodb::options::IndexOptions;
 
 use crate::batch::Batch;
 use crate::owner::Owner;
-use urna_common::stores::LogCollections;
+use urna_common::stores::{DUPLICATE_KEY, LogCollections, is_duplicate_key};
 
 /// `_id` of the owner document in the progress collection.
 const OWNER_ID: &str = "owner";
-
-const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Clone)]
 pub struct MongoSink {
@@ -97,37 +95,13 @@ impl MongoSink {
                 },
             }
         };
-        let mut next = Document::new();
-        for (partition, offset) in batch.next_offsets() {
-            next.insert(format!("next.{partition}"), offset);
-        }
-        if !next.is_empty() {
-            self.log
-                .progress
-                .update_one(doc! { "_id": &self.log.progress_id }, doc! { "$max": next })
-                .upsert(true)
-                .await?;
-        }
+        self.log.raise_progress(&batch.next_offsets()).await?;
         Ok(inserted)
     }
 
     /// The next offset per partition this sink has fully written.
     pub async fn stored_offsets(&self) -> mongodb::error::Result<BTreeMap<i32, i64>> {
-        let found = self
-            .log
-            .progress
-            .find_one(doc! { "_id": &self.log.progress_id })
-            .await?;
-        let mut offsets = BTreeMap::new();
-        if let Some(next) = found.as_ref().and_then(|d| d.get_document("next").ok()) {
-            for (k, v) in next {
-                let offset = v.as_i64().or_else(|| v.as_i32().map(i64::from));
-                if let (Ok(p), Some(o)) = (k.parse(), offset) {
-                    offsets.insert(p, o);
-                }
-            }
-        }
-        Ok(offsets)
+        self.log.read_progress().await
     }
 
     /// The owner recorded for these logs, if any.
@@ -153,7 +127,7 @@ impl MongoSink {
         match claimed {
             Ok(_) => Ok(()),
             // Two members starting together both upsert; the loser finds it recorded.
-            Err(e) if only_duplicates(&e).is_some() => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -160,25 +160,7 @@ impl LogStore {
     /// Per partition, the next offset below which every log is in the collection
     /// (the consumer raises it with `$max` only after a batch's logs are all written).
     pub async fn progress(&self) -> mongodb::error::Result<Cursor> {
-        let found = self
-            .log
-            .progress
-            .find_one(doc! { "_id": &self.log.progress_id })
-            .await?;
-        let mut next = std::collections::BTreeMap::new();
-        if let Some(d) = found.as_ref().and_then(|d| d.get_document("next").ok()) {
-            for (k, v) in d {
-                let offset = match v {
-                    Bson::Int64(o) => Some(*o),
-                    Bson::Int32(o) => Some(i64::from(*o)),
-                    _ => None,
-                };
-                if let (Ok(p), Some(o)) = (k.parse(), offset) {
-                    next.insert(p, o);
-                }
-            }
-        }
-        Ok(Cursor::new(next))
+        Ok(Cursor::new(self.log.read_progress().await?))
     }
 
     /// The logs between `from` and `to` (at most `limit`), in partition and offset order,

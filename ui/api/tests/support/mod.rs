@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use mongodb::Collection;
 use mongodb::bson::{DateTime, Document, doc};
-use mongodb::{Client, Collection};
 use tokio_util::sync::CancellationToken;
+use urna_common::stores::LogCollections;
 use urna_ui_api::Settings;
 
 pub struct Api {
@@ -111,16 +112,22 @@ impl Api {
         EventStream::from_response(response)
     }
 
-    /// The writer side, as the consumer's Mongo sink writes.
+    /// The writer side, with the consumer's own progress code (`LogCollections`).
     pub async fn mongo(&self) -> Logs {
-        let client = Client::with_uri_str(&self.settings.mongo_url)
-            .await
-            .expect("mongo");
-        let db = client.database(&self.settings.mongo_db);
+        let store = LogCollections::open(
+            &self.settings.mongo_url,
+            &self.settings.mongo_db,
+            &self.settings.mongo_collection,
+            &self.settings.group_id,
+            &self.settings.kafka_topic,
+            "urna-ui-api-tests",
+        )
+        .await
+        .expect("mongo");
         Logs {
-            logs: db.collection(&self.settings.mongo_collection),
-            progress: db.collection(&format!("{}.progress", self.settings.mongo_collection)),
-            progress_id: format!("{}|{}", self.settings.group_id, self.settings.kafka_topic),
+            logs: store.logs.clone(),
+            progress: store.progress.clone(),
+            store,
             topic: self.settings.kafka_topic.clone(),
         }
     }
@@ -152,7 +159,7 @@ impl Api {
 pub struct Logs {
     pub logs: Collection<Document>,
     pub progress: Collection<Document>,
-    pub progress_id: String,
+    store: LogCollections,
     pub topic: String,
 }
 
@@ -177,7 +184,7 @@ impl Log {
 
 impl Logs {
     /// One batch, the consumer's way: every log inserted (unordered, duplicates
-    /// ignored), *then* the progress raised with `$max`. `logged_at` is the writer's clock.
+    /// ignored), *then* the progress raised. `logged_at` is the writer's clock.
     pub async fn write_batch(&self, logs: &[Log], logged_at: DateTime, member: &str) {
         let docs: Vec<Document> = logs
             .iter()
@@ -217,30 +224,7 @@ impl Logs {
             let n = next.entry(l.partition).or_default();
             *n = (*n).max(l.offset + 1);
         }
-        let mut set = Document::new();
-        for (p, o) in next {
-            set.insert(format!("next.{p}"), o);
-        }
-        // Two writers creating the record at once: one upsert loses with a duplicate
-        // key (FerretDB); the consumer retries its batch then, and so does this.
-        for attempt in 1.. {
-            if set.is_empty() {
-                break;
-            }
-            let upsert = self
-                .progress
-                .update_one(
-                    doc! { "_id": &self.progress_id },
-                    doc! { "$max": set.clone() },
-                )
-                .upsert(true)
-                .await;
-            match upsert {
-                Ok(_) => break,
-                Err(e) if attempt < 5 && e.to_string().contains("E11000") => continue,
-                Err(e) => panic!("progress: {e}"),
-            }
-        }
+        self.store.raise_progress(&next).await.expect("progress");
     }
 }
 
