@@ -56,21 +56,22 @@ def fetch(url: str, timeout: float = 5) -> str:
 # --- counts: Redis and MongoDB --------------------------------------------------------
 
 class Counts:
-    """Redis counters and MongoDB logs. `progress_id` (`<group>|<topic>`) switches the
-    MongoDB figure from counting documents to the sink's progress record (the sum of its
-    per-partition next offsets, raised only after a batch's logs are inserted): FerretDB
+    """Redis counters and MongoDB logs. `progress_of` (`<group>|<topic>`) switches the
+    MongoDB figure from counting documents to the sink's progress marks (the sum over
+    partitions of the highest mark's next offset, inserted only after a batch's logs are;
+    the schema is urna_common::stores::LogCollections): FerretDB
     counts documents by scanning them (about a minute at 100k logs), too slow to poll
     after every point, so the runner counts documents once at the start and the end."""
 
     def __init__(self, redis_port: int, mongo_url: str, mongo_db: str, mongo_collection: str, prefix: str,
-                 progress_id: str | None = None):
+                 progress_of: str | None = None):
         import pymongo  # installed from locust/requirements.txt
         self.redis_port = redis_port
         self.prefix = prefix
         db = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000, socketTimeoutMS=600_000)[mongo_db]
         self.logs = db[mongo_collection]
         self.progress = db[f"{mongo_collection}.progress"]
-        self.progress_id = progress_id
+        self.progress_of = progress_of
 
     def documents(self) -> int:
         return self.logs.count_documents({})
@@ -85,10 +86,13 @@ class Counts:
         return {"total": total, "wasm": wasm, "grpc": grpc}
 
     def mongo(self) -> int:
-        if self.progress_id is None:
+        if self.progress_of is None:
             return self.documents()
-        doc = self.progress.find_one({"_id": self.progress_id}) or {}
-        return sum(int(v) for v in (doc.get("next") or {}).values())
+        highest: dict[int, int] = {}
+        for mark in self.progress.find({"of": self.progress_of}, {"partition": 1, "next": 1}):
+            p, n = int(mark["partition"]), int(mark["next"])
+            highest[p] = max(highest.get(p, 0), n)
+        return sum(highest.values())
 
     def snapshot(self) -> dict:
         return {"redis": self.redis(), "mongo": self.mongo()}
@@ -350,7 +354,7 @@ def main(argv=None) -> int:
             return 2
     t0 = time.time()
     processes = pids(args.stack_dir / "run")
-    counts = Counts(args.redis_port, args.mongo_url, "urna", "logs", "votes", progress_id="urna-counter|votes")
+    counts = Counts(args.redis_port, args.mongo_url, "urna", "logs", "votes", progress_of="urna-counter|votes")
     log("counting MongoDB documents at the start (FerretDB scans: may take a minute)")
     documents_before = counts.documents()
     work = Path(tempfile.mkdtemp(prefix="urna-compare-"))

@@ -14,7 +14,7 @@ IMAGES=(
   "urna-host|host/Dockerfile|.|-"
   "urna-grpc-server|grpc/Dockerfile|.|server"
   "urna-grpc-client|grpc/Dockerfile|.|client"
-  "urna-consumer|docker/consumer.Dockerfile|.|-"
+  "urna-consumer|consumer/Dockerfile|.|-"
   "urna-api|ui/api/Dockerfile|.|-"
   "urna-web|ui/web/Dockerfile|ui/web|-"
 )
