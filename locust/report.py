@@ -134,6 +134,15 @@ class Run:
 
 # --- plots ---------------------------------------------------------------------------
 
+def save(fig, img: Path, name: str) -> str:
+    """Lays out, writes and closes one figure; returns its file name."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(img / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def plots(run: Run, img: Path) -> dict[str, str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -157,10 +166,7 @@ def plots(run: Run, img: Path) -> dict[str, str]:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle("Latency vs arrival rate (median over repeats; bars: min–max)")
-    fig.tight_layout()
-    files["latency"] = "timing-latency-vs-rate.png"
-    fig.savefig(img / files["latency"], dpi=110)
-    plt.close(fig)
+    files["latency"] = save(fig, img, "timing-latency-vs-rate.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     kinds = [("locust-sat", "Locust (closed, no wait)"), ("wrk", "wrk -t1")]
@@ -183,10 +189,7 @@ def plots(run: Run, img: Path) -> dict[str, str]:
     ax.set_title("Throughput at saturation (median over repeats; bars: min–max)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    files["saturation"] = "timing-saturation.png"
-    fig.savefig(img / files["saturation"], dpi=110)
-    plt.close(fig)
+    files["saturation"] = save(fig, img, "timing-saturation.png")
 
     sat_kind = run.sat_kind()
     columns = [(f"{r:g}/s", "rate", "locust", r) for r in run.rates] + [("saturation", "saturation", sat_kind, None)]
@@ -212,10 +215,7 @@ def plots(run: Run, img: Path) -> dict[str, str]:
             ax.set_ylabel("mean µs per accepted vote")
             ax.legend(fontsize=7)
             ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    files["stages"] = "timing-stages.png"
-    fig.savefig(img / files["stages"], dpi=110)
-    plt.close(fig)
+    files["stages"] = save(fig, img, "timing-stages.png")
     return files
 
 

@@ -21,18 +21,20 @@ trap cleanup EXIT
 
 failed=()
 
+# Runs one pytest suite; pytest's 5 (no test collected) is a broken layout, not a pass.
+pytest_suite() { # name, folder
+  python3 -m pip install -q --disable-pip-version-check -r "$2/requirements.txt"
+  local rc=0
+  python3 -m pytest "$2" -q || rc=$?
+  if [ "$rc" -eq 5 ]; then echo "pytest collected no tests in $2" >&2; failed+=("$1 (no tests)");
+  elif [ "$rc" -ne 0 ]; then failed+=("$1"); fi
+}
+
 echo "== cargo test (unit, property and integration tests) =="
 cargo test --workspace --no-fail-fast || failed+=("cargo test")
 
 echo "== stack supervision tests (pytest) =="
-python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
-set +e
-python3 -m pytest stack/tests -q
-rc=$?
-set -e
-# pytest's 5 means it collected no test: a broken test layout, not a pass.
-if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; failed+=("pytest (no tests)");
-elif [ "$rc" -ne 0 ]; then failed+=("pytest"); fi
+pytest_suite pytest stack/tests
 
 echo "== load generation: vote generator, locustfile against a private pipeline, timing report (scripts/locust-test.sh) =="
 scripts/locust-test.sh || failed+=("locust")
@@ -41,15 +43,9 @@ echo "== web app and logs API: Vitest, eslint, vue-tsc, nginx, headless Chromium
 scripts/ui-test.sh || failed+=("ui")
 
 echo "== Helm chart: lint, Kubernetes + Strimzi schemas, rendered facts, Grafana panels vs the consumer (charts/tests) =="
-python3 -m pip install -q --disable-pip-version-check -r charts/tests/requirements.txt
 # The dashboard test runs the debug binaries: the same build as ui-test.sh, so a no-op here.
 cargo build -q -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api || failed+=("charts (cargo build)")
-set +e
-python3 -m pytest charts/tests -q
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; failed+=("charts (no tests)");
-elif [ "$rc" -ne 0 ]; then failed+=("charts"); fi
+pytest_suite charts charts/tests
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED suites: ${failed[*]}" >&2
