@@ -86,7 +86,7 @@ up() {
     # WasmEdge >= 0.17 interprets unless it runs in AOT mode with AOT-compiled code: the
     # host picks AOT for a module that carries it (URNA_WASMEDGE_RUN_MODE=auto).
     mkdir -p "$module_dir"
-    "$wasmedge/bin/wasmedge" compile "$root/target/wasm32-wasip1/wasm/vote_module.wasm" \
+    "$WASMEDGE_DIR/bin/wasmedge" compile "$root/target/wasm32-wasip1/wasm/vote_module.wasm" \
       "$module_dir/vote_module.wasm.tmp"
     mv "$module_dir/vote_module.wasm.tmp" "$module_dir/vote_module.wasm"
     log "vote_module.wasm AOT-compiled into $module_dir"
