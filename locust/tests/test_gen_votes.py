@@ -64,9 +64,14 @@ def test_tags_match_the_vote_logic(tmp_path):
     bodies = tmp_path / "bodies.txt"
     # One body per line; none holds a newline (json.dumps escapes them).
     bodies.write_text("".join(line["body"] + "\n" for line in lines), encoding="utf-8")
-    with open(bodies, "rb") as stdin:
-        out = subprocess.run(["node", "--no-warnings", str(ROOT / "wasm-modules/tools/run-node-wasi.mjs"),
-                              str(VOTE_WASM)], stdin=stdin, capture_output=True, check=True).stdout
+    # stdout to a file, not a pipe: node's WASI writes to a pipe non-blocking and a full
+    # pipe failed the module with EAGAIN ("os error 6") about one run in eight.
+    answers = tmp_path / "answers.txt"
+    with open(bodies, "rb") as stdin, open(answers, "wb") as stdout:
+        run = subprocess.run(["node", "--no-warnings", str(ROOT / "wasm-modules/tools/run-node-wasi.mjs"),
+                              str(VOTE_WASM)], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    assert run.returncode == 0, f"vote.wasm under node exited {run.returncode}: {run.stderr.decode(errors='replace')}"
+    out = answers.read_bytes()
     statuses = [json.loads(x)["status"] for x in out.decode().splitlines()]
     assert len(statuses) == len(lines)
     for line, status in zip(lines, statuses):
