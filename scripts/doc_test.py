@@ -12,6 +12,7 @@ Which blocks run (the rules are also in docs/manual.md, "Commands in these docs"
   commands in COVERED below instead; an entry that matches no command fails the test, so the
   table cannot go stale either.
 - A command whose last line ends in `# expect: TEXT` must print TEXT (stdout or stderr).
+- Relative links (files, images, `#anchors` in Markdown files) must resolve.
 
 The commands talk to a private pipeline this script starts from the debug build (both
 producers, a consumer member, the API) on free ports with its own topic, consumer group,
@@ -211,6 +212,39 @@ def start_pipeline(tmp: Path):
     return p, ports
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)|<img src=\"([^\"]+)\"")
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def broken_links(path: Path, rel: str) -> list[str]:
+    """Relative links of a page whose file, or heading anchor in a Markdown file, is missing."""
+    bad, in_fence = [], False
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if FENCE.match(line.strip()):
+            in_fence = not in_fence
+        if in_fence:
+            continue
+        for m in LINK.finditer(line):
+            target = m.group(1) or m.group(2)
+            if re.match(r"^[a-z]+:", target):
+                continue  # http(s), mailto: not checked offline
+            file, _, frag = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists():
+                bad.append(f"{rel}:{n}: {target} (no such file)")
+            elif frag and dest.suffix == ".md":
+                heads = {anchor(h.lstrip("#")) for h in dest.read_text(encoding="utf-8").splitlines()
+                         if re.match(r"^#{1,6} ", h)}
+                if frag not in heads:
+                    bad.append(f"{rel}:{n}: {target} (no such heading)")
+    return bad
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", default=DEFAULT_FILES)
@@ -218,6 +252,10 @@ def main() -> int:
     args = ap.parse_args()
 
     blocks = [b for f in args.files for b in blocks_of(ROOT / f, f)]
+    bad = [x for f in args.files for x in broken_links(ROOT / f, f)]
+    if bad:
+        print("[doc-test] broken links:", *bad, sep="\n  ", file=sys.stderr)
+        return 1
     used: set[str] = set()
     runnable = []
     for b in blocks:

@@ -48,8 +48,8 @@ try {
   // Locust with its web UI, started at once (--autostart), both producer classes, paced.
   const webPort = await freePort();
   const out = openSync(join(tmp, 'locust.log'), 'a');
-  locust = spawn('locust', [
-    '-f', 'locust/locustfile.py', '--votes', votes, '--wasm-host', p.wasm, '--grpc-host', p.grpc,
+  locust = spawn('python3', [
+    '-m', 'locust', '-f', 'locust/locustfile.py', '--votes', votes, '--wasm-host', p.wasm, '--grpc-host', p.grpc,
     '--vote-rate', String(rate), '-u', '16', '-r', '16', '--autostart',
     '--web-host', '127.0.0.1', '--web-port', String(webPort),
   ], { cwd: root, stdio: ['ignore', out, out] });
