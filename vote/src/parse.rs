@@ -57,14 +57,29 @@ pub fn parse_vote(body: &[u8], ballot: &Ballot) -> Result<Vote, VoteError> {
             limit: MAX_BODY_BYTES,
         });
     }
-    let value: Value = serde_json::from_slice(body)
+    let top: TopLevel = serde_json::from_slice(body)
         .map_err(|e| VoteError::malformed(None, format!("body is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(VoteError::malformed(
-            None,
-            format!("a vote must be a JSON object, got {}", kind_of(&value)),
-        ));
+    let pairs = match top {
+        TopLevel::Object(pairs) => pairs,
+        TopLevel::Other(kind) => {
+            return Err(VoteError::malformed(
+                None,
+                format!("a vote must be a JSON object, got {kind}"),
+            ));
+        }
     };
+    // A field given twice is ambiguous (parsers disagree on which value wins): refused,
+    // not resolved.
+    let mut fields = Map::new();
+    for (key, value) in pairs {
+        if fields.contains_key(&key) {
+            return Err(VoteError::malformed(
+                Some(&key),
+                format!("field {key:?} appears more than once"),
+            ));
+        }
+        fields.insert(key, value);
+    }
 
     // 400s: the fields that are there must have usable types.
     let name = text_field(&fields, "name")?;
@@ -155,6 +170,66 @@ fn integer_field(fields: &Map<String, Value>, field: &str) -> Result<Option<i64>
             .map(Some)
             .map_err(|_| wrong(&format!("{s:?}"))),
         Some(other) => Err(wrong(kind_of(other))),
+    }
+}
+
+/// The top level of a body: an object's fields in order, duplicates kept (a map would
+/// keep only the last), or the kind of value the body was instead.
+enum TopLevel {
+    Object(Vec<(String, Value)>),
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(pair) = map.next_entry::<String, Value>()? {
+            pairs.push(pair);
+        }
+        Ok(TopLevel::Object(pairs))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a string"))
     }
 }
 
@@ -292,6 +367,28 @@ mod tests {
                 (422, Some(field.to_owned())),
                 "{body}"
             );
+        }
+    }
+
+    #[test]
+    fn a_field_given_twice_is_400_naming_it() {
+        let body = r#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4,"rank":5}"#;
+        assert_eq!(status_and_field(body), (400, Some("rank".into())));
+        let body = r#"{"name":"Alux Nahual","NAME":"x","album":"Conquista","year":1982,"rank":4}"#;
+        assert_eq!(
+            status_and_field(body),
+            (422, Some("NAME".into())),
+            "keys are case-sensitive"
+        );
+        for (body, kind) in [
+            ("[1,[2]]", "an array"),
+            ("null", "null"),
+            ("7", "a number"),
+            ("\"x\"", "a string"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().ends_with(kind), "{body}: {e}");
         }
     }
 

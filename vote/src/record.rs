@@ -19,6 +19,7 @@ pub fn accept(vote: &Vote, id: uuid::Uuid, source: Source, accepted_at_micros: i
         source: source as i32,
         accepted_at_micros,
         ballot_version: vote.ballot_version.to_owned(),
+        idempotency_key: String::new(),
     }
 }
 
@@ -92,6 +93,11 @@ pub fn check_shape(record: &VoteRecord) -> Result<(), VoteError> {
             "ballot_version",
             "ballot version is malformed",
         ));
+    }
+    // A record written by a producer carries no key or one that passed the producer's
+    // edge; anything else was not written by a producer of this contract.
+    if !record.idempotency_key.is_empty() {
+        crate::IdempotencyKey::parse(record.idempotency_key.as_bytes())?;
     }
     Ok(())
 }
