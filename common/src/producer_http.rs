@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /votes`, valid vote | `202 {"id": "…"}` after Kafka acknowledged the record |
-//! | malformed JSON / wrong types | `400 {"error", "field"}` |
+//! | malformed JSON / wrong types, bad `Idempotency-Key` | `400 {"error", "field"}` |
 //! | valid JSON, invalid vote | `422 {"error", "field"}` |
 //! | body over 16 KiB | `413` |
 //! | content type not JSON | `415` |
@@ -15,7 +15,8 @@
 //! Every error has a JSON body `{"error": "...", "field": ... | null}`. What differs
 //! between the producers is only the [`VoteBackend`] behind `POST /votes`.
 //!
-//! One `POST /votes`, in order: content type (415); the body, read within its own
+//! One `POST /votes`, in order: content type (415); the `Idempotency-Key` header, if
+//! any (400, see [`urna_vote::IdempotencyKey`]); the body, read within its own
 //! deadline (408) and bounded to 16 KiB (413); only then one of `URNA_MAX_IN_FLIGHT`
 //! permits (429), so slow clients cannot hold permits while they trickle; then the
 //! backend, under a [`Deadline`] of `URNA_REQUEST_TIMEOUT_MS` that cuts the request off
@@ -37,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use urna_vote::MAX_BODY_BYTES;
+use urna_vote::{IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_BODY_BYTES};
 
 use crate::config::ConfigError;
 use crate::deadline::Deadline;
@@ -153,6 +154,8 @@ impl CastError {
 /// What turns a request body into an acknowledged vote.
 pub trait VoteBackend: Send + Sync + 'static {
     /// Validates, stamps and publishes one vote body (at most 16 KiB, JSON content type).
+    /// `key` is the client's `Idempotency-Key`: it goes into the record (and keys the
+    /// Kafka record, so a retry lands on the partition of the first attempt).
     ///
     /// `deadline` is the request's: the router stops waiting for `cast` when it passes,
     /// *unless* the vote was handed on ([`Deadline::hand_off`], which
@@ -162,6 +165,7 @@ pub trait VoteBackend: Send + Sync + 'static {
     fn cast(
         &self,
         body: Bytes,
+        key: Option<IdempotencyKey>,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Accepted, CastError>> + Send;
     /// Whether the backend can accept votes now (Kafka reachable, next hop up).
@@ -258,6 +262,10 @@ async fn handle_vote<B: VoteBackend>(
             None,
         );
     }
+    let key = match idempotency_key(headers) {
+        Ok(key) => key,
+        Err(e) => return cast_error_response(CastError::from_vote_error(&e), 0),
+    };
     // The body first, under its own deadline: a slow client holds a connection, never
     // one of the in-flight permits.
     let body_deadline = Duration::from_millis(state.settings.body_read_timeout_ms);
@@ -292,7 +300,7 @@ async fn handle_vote<B: VoteBackend>(
         );
     };
     let deadline = Deadline::after(Duration::from_millis(state.settings.request_timeout_ms));
-    let cast = state.backend.cast(body, deadline.clone());
+    let cast = state.backend.cast(body, key, deadline.clone());
     tokio::pin!(cast);
     let until = deadline.at().map(tokio::time::sleep_until);
     let result = match until {
@@ -357,6 +365,16 @@ fn cast_error_response(e: CastError, retry_after_secs: u32) -> Response {
             None,
         ),
     }
+}
+
+/// The `Idempotency-Key` header: absent, or exactly one valid key.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, urna_vote::VoteError> {
+    IdempotencyKey::from_header_values(
+        headers
+            .get_all(IDEMPOTENCY_KEY_HEADER)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`), or `+json` types.

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use urna_common::deadline::Deadline;
 use urna_common::producer_http::{Accepted, CastError, HttpSettings, VoteBackend};
+use urna_vote::IdempotencyKey;
 
 async fn start(settings: HttpSettings) -> support::App {
     support::start(AcceptAll, settings).await
@@ -23,7 +24,12 @@ async fn start(settings: HttpSettings) -> support::App {
 struct AcceptAll;
 
 impl VoteBackend for AcceptAll {
-    async fn cast(&self, _body: Bytes, _deadline: Deadline) -> Result<Accepted, CastError> {
+    async fn cast(
+        &self,
+        _body: Bytes,
+        _key: Option<IdempotencyKey>,
+        _deadline: Deadline,
+    ) -> Result<Accepted, CastError> {
         Ok(Accepted {
             id: "accepted".into(),
         })

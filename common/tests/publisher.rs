@@ -15,6 +15,7 @@ use urna_common::deadline::Deadline;
 use urna_common::kafka::{KafkaSettings, VotePublisher};
 use urna_common::producer_http::{Accepted, CastError, HttpSettings, VoteBackend};
 use urna_testkit::{eventually, kafka, stack};
+use urna_vote::IdempotencyKey;
 
 /// Publishes the body as it is, after `before_publish` of other work (standing in for a
 /// wait for a Wasm slot).
@@ -24,7 +25,12 @@ struct Publish {
 }
 
 impl VoteBackend for Publish {
-    async fn cast(&self, body: Bytes, deadline: Deadline) -> Result<Accepted, CastError> {
+    async fn cast(
+        &self,
+        body: Bytes,
+        _key: Option<IdempotencyKey>,
+        deadline: Deadline,
+    ) -> Result<Accepted, CastError> {
         tokio::time::sleep(self.before_publish).await;
         let id = uuid_like();
         match self

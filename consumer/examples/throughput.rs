@@ -91,6 +91,7 @@ async fn produce(brokers: &str, topic: &str, n: usize) -> anyhow::Result<()> {
             source: Source::Grpc as i32,
             accepted_at_micros: urna_common::stamp::now_micros(),
             ballot_version: urna_vote::Ballot::builtin().version().into(),
+            idempotency_key: String::new(),
         };
         let producer = producer.clone();
         let topic = topic.to_owned();

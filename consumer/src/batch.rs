@@ -145,6 +145,7 @@ mod tests {
             source: Source::Grpc as i32,
             accepted_at_micros: 1,
             ballot_version: "1+00000000".into(),
+            idempotency_key: String::new(),
         }
         .encode_to_vec()
     }

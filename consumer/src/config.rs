@@ -34,6 +34,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `URNA_MEMBER_NAME`: shows up in logs and in each log document.
     pub member_name: String,
+    /// `URNA_IDEMPOTENCY_WINDOW_SECS`: how long a counted `Idempotency-Key` is
+    /// remembered in Redis; a retry within it is not counted again (MongoDB's unique
+    /// index keeps one log per key for ever).
+    pub idempotency_window_secs: u64,
 }
 
 impl Default for Settings {
@@ -52,6 +56,7 @@ impl Default for Settings {
             session_timeout_ms: 10_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             member_name: std::env::var("HOSTNAME").unwrap_or_else(|_| "consumer".into()),
+            idempotency_window_secs: 600,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! MongoDB: one log document per counted vote, written idempotently.
 //!
 //! `_id = <topic>-<partition>-<offset>`, so a redelivered record hits a duplicate key
-//! and is ignored. After a batch is fully in, the sink records its own next offset per
+//! and is ignored; so does a client's retry of a logged vote, on the unique index of
+//! `idempotency_key`. After a batch is fully in, the sink records its own next offset per
 //! partition (`LogCollections::raise_progress`, `$max`); on assignment a member
 //! starts at the lower of this and the Redis offset, so a crash between the two sinks
 //! never skips a log.
@@ -44,9 +45,10 @@ impl MongoSink {
         })
     }
 
-    /// Creates the index behind "latest 20 logs" (idempotent).
+    /// Creates the index behind "latest 20 logs" and the unique index that keeps one log
+    /// per idempotency key (sparse: votes without a key have no such field) — idempotent.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = IndexModel::builder()
+        let latest = IndexModel::builder()
             .keys(doc! { "logged_at": -1 })
             .options(
                 IndexOptions::builder()
@@ -54,7 +56,21 @@ impl MongoSink {
                     .build(),
             )
             .build();
-        self.log.logs.create_index(index).await?;
+        let one_per_key = IndexModel::builder()
+            .keys(doc! { "idempotency_key": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("idempotency_key_unique".to_owned())
+                    .unique(true)
+                    .sparse(true)
+                    .build(),
+            )
+            .build();
+        // One at a time: FerretDB 2 drops the connection (a panic on its side) when one
+        // `createIndexes` names several indexes that all exist already.
+        for index in [latest, one_per_key] {
+            self.log.logs.create_index(index).await?;
+        }
         Ok(())
     }
 
@@ -64,7 +80,7 @@ impl MongoSink {
         let docs: Vec<Document> = batch
             .votes()
             .map(|(partition, offset, r)| {
-                doc! {
+                let mut log = doc! {
                     "_id": format!("{}-{partition}-{offset}", self.topic),
                     "vote_id": &r.id,
                     "name": &r.name,
@@ -80,7 +96,12 @@ impl MongoSink {
                     "partition": partition,
                     "offset": offset,
                     "member": &self.member,
+                };
+                // A retry of a logged key hits the unique index: a duplicate, ignored.
+                if !r.idempotency_key.is_empty() {
+                    log.insert("idempotency_key", &r.idempotency_key);
                 }
+                log
             })
             .collect();
         let wanted = docs.len() as u64;

@@ -52,6 +52,7 @@ async fn main() {
                     let result = client
                         .cast(CastRequest {
                             input: Some(Input::VoteJson(body)),
+                            ..Default::default()
                         })
                         .await;
                     match result {

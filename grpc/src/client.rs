@@ -23,6 +23,7 @@ use tonic_health::pb::health_client::HealthClient;
 use urna_common::deadline::Deadline;
 use urna_common::producer_http::{self, Accepted, CastError, VoteBackend};
 use urna_common::telemetry;
+use urna_vote::IdempotencyKey;
 
 use crate::pb::cast_request::Input;
 use crate::pb::vote_service_client::VoteServiceClient;
@@ -62,9 +63,14 @@ impl GrpcBackend {
     }
 
     /// One `Cast` of a raw body, timed as the gRPC round trip.
-    pub async fn cast_raw(&self, body: Bytes) -> Result<CastResponse, tonic::Status> {
+    pub async fn cast_raw(
+        &self,
+        body: Bytes,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CastResponse, tonic::Status> {
         let mut request = Request::new(CastRequest {
             input: Some(Input::VoteJson(body)),
+            idempotency_key: key.map(IdempotencyKey::into_string).unwrap_or_default(),
         });
         request.set_timeout(self.deadline);
         let started = Instant::now();
@@ -80,7 +86,12 @@ impl GrpcBackend {
 }
 
 impl VoteBackend for GrpcBackend {
-    async fn cast(&self, body: Bytes, deadline: Deadline) -> Result<Accepted, CastError> {
+    async fn cast(
+        &self,
+        body: Bytes,
+        key: Option<IdempotencyKey>,
+        deadline: Deadline,
+    ) -> Result<Accepted, CastError> {
         if !deadline.allows(self.deadline) {
             return Err(CastError::Unavailable(
                 "too little time left to wait for the vote server".to_owned(),
@@ -88,7 +99,7 @@ impl VoteBackend for GrpcBackend {
         }
         // The server decides now, within the call deadline: wait for its answer.
         deadline.hand_off();
-        match self.cast_raw(body).await {
+        match self.cast_raw(body, key).await {
             Ok(response) => Ok(Accepted { id: response.id }),
             Err(s) => Err(status::cast_error(&s)),
         }

@@ -26,7 +26,7 @@ use tonic_health::server::HealthReporter;
 use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
 use urna_common::{stamp, telemetry};
-use urna_vote::{Ballot, Source};
+use urna_vote::{Ballot, IdempotencyKey, Source};
 
 use crate::pb::cast_request::Input;
 use crate::pb::cast_stream_response::Outcome;
@@ -67,9 +67,22 @@ impl Votes {
     /// Judges, stamps and publishes one vote; answers after the Kafka ack.
     async fn cast_one(
         &self,
-        input: Option<Input>,
+        request: CastRequest,
         deadline: Deadline,
     ) -> Result<CastResponse, Status> {
+        let CastRequest {
+            input,
+            idempotency_key,
+        } = request;
+        // Checked like the HTTP edge checks it: this server may have other clients.
+        let key = if idempotency_key.is_empty() {
+            None
+        } else {
+            Some(
+                IdempotencyKey::parse(idempotency_key.as_bytes())
+                    .map_err(|e| status::rejection_status(&e))?,
+            )
+        };
         let Ok(_permit) = self.inner.in_flight.try_acquire() else {
             return Err(Status::resource_exhausted(
                 "too many votes in flight; retry later",
@@ -92,12 +105,21 @@ impl Votes {
         metrics::histogram!("urna_vote_logic_duration_seconds", "producer" => "grpc",
             "outcome" => if judged.is_ok() { "accepted" } else { "rejected" })
         .record(started.elapsed().as_secs_f64());
-        let record = judged.map_err(|e| status::rejection_status(&e))?;
+        let mut record = judged.map_err(|e| status::rejection_status(&e))?;
+        // Keyed by the idempotency key when there is one, so a retry lands on its first
+        // attempt's partition; else by the vote id, which spreads votes evenly.
+        let partition_key = match key {
+            Some(key) => {
+                record.idempotency_key = key.into_string();
+                record.idempotency_key.as_bytes().to_vec()
+            }
+            None => record.id.as_bytes().to_vec(),
+        };
         let payload = record.encode_to_vec();
         let delivery = self
             .inner
             .publisher
-            .publish(record.id.as_bytes(), &payload, &deadline)
+            .publish(&partition_key, &payload, &deadline)
             .await
             .map_err(|e| status::publish_status(&e))?;
         Ok(CastResponse {
@@ -114,7 +136,7 @@ impl Votes {
         request: CastRequest,
         deadline: Deadline,
     ) -> CastStreamResponse {
-        let outcome = match self.cast_one(request.input, deadline).await {
+        let outcome = match self.cast_one(request, deadline).await {
             Ok(accepted) => Outcome::Accepted(accepted),
             Err(s) => match status::rejection_of(&s) {
                 Some(rejection) => Outcome::Rejected(rejection),
@@ -188,7 +210,7 @@ type CastStreamOut = Pin<Box<dyn Stream<Item = Result<CastStreamResponse, Status
 impl VoteService for Votes {
     async fn cast(&self, request: Request<CastRequest>) -> Result<Response<CastResponse>, Status> {
         let deadline = deadline_at(call_deadline(request.metadata()));
-        let result = self.cast_one(request.into_inner().input, deadline).await;
+        let result = self.cast_one(request.into_inner(), deadline).await;
         count(
             "Cast",
             result

@@ -22,6 +22,7 @@ use urna_testkit::{contract, kafka, stack};
 fn cast(timeout: Duration) -> Request<CastRequest> {
     let mut request = Request::new(CastRequest {
         input: Some(Input::VoteJson(contract::sample_votes()[0].clone().into())),
+        ..Default::default()
     });
     request.set_timeout(timeout);
     request

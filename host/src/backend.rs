@@ -22,10 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prost::Message;
 use tokio::sync::Semaphore;
 use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
 use urna_common::producer_http::{Accepted, CastError, VoteBackend};
+use urna_vote::IdempotencyKey;
 
 use crate::modules::ModuleSlot;
 use crate::runtime::{Invocation, InvokeError, InvokeErrorKind, ModuleOutput, decode_output};
@@ -39,8 +41,15 @@ pub struct WasmBackend {
 
 /// What one run of the module decided.
 pub enum Decision {
-    Accept { id: uuid::Uuid, payload: Vec<u8> },
-    Reject { status: u16, body: Bytes },
+    Accept {
+        id: uuid::Uuid,
+        record: urna_vote::VoteRecord,
+        payload: Vec<u8>,
+    },
+    Reject {
+        status: u16,
+        body: Bytes,
+    },
 }
 
 /// The answer to a failed invocation: the module's fault is a 500, the machine's a 503.
@@ -137,7 +146,11 @@ impl WasmBackend {
             .increment(1);
 
         match decoded {
-            Ok(ModuleOutput::Accepted(_, payload)) => Ok(Decision::Accept { id, payload }),
+            Ok(ModuleOutput::Accepted(record, payload)) => Ok(Decision::Accept {
+                id,
+                record,
+                payload,
+            }),
             Ok(ModuleOutput::Rejected { status, body }) => Ok(Decision::Reject {
                 status,
                 body: Bytes::from(body),
@@ -155,14 +168,33 @@ impl WasmBackend {
 }
 
 impl VoteBackend for WasmBackend {
-    async fn cast(&self, body: Bytes, deadline: Deadline) -> Result<Accepted, CastError> {
+    async fn cast(
+        &self,
+        body: Bytes,
+        key: Option<IdempotencyKey>,
+        deadline: Deadline,
+    ) -> Result<Accepted, CastError> {
         match self.decide(body).await? {
             Decision::Reject { status, body } => Err(CastError::Rejected { status, body }),
-            Decision::Accept { id, payload } => {
-                // Keyed by the vote id: records spread evenly over the partitions.
+            Decision::Accept {
+                id,
+                mut record,
+                mut payload,
+            } => {
+                // The key is the host's to add (the module never sees it); keyed by it,
+                // a retry lands on its first attempt's partition. Unkeyed votes are keyed
+                // by their id, which spreads them evenly.
+                let partition_key: Vec<u8> = match key {
+                    Some(key) => {
+                        record.idempotency_key = key.into_string();
+                        payload = record.encode_to_vec();
+                        record.idempotency_key.as_bytes().to_vec()
+                    }
+                    None => id.as_bytes().to_vec(),
+                };
                 match self
                     .publisher
-                    .publish(id.as_bytes(), &payload, &deadline)
+                    .publish(&partition_key, &payload, &deadline)
                     .await
                 {
                     Ok(_) => Ok(Accepted {

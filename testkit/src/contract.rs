@@ -17,6 +17,8 @@ pub struct BadCase {
     pub status: u16,
     /// `Some(Some(f))`: the error names field `f`; `Some(None)`: `"field": null`.
     pub field: Option<Option<&'static str>>,
+    /// `Idempotency-Key` headers sent with it (usually none).
+    pub idempotency_keys: Vec<Vec<u8>>,
 }
 
 fn case(what: &'static str, body: &str, status: u16, field: Option<&'static str>) -> BadCase {
@@ -26,6 +28,17 @@ fn case(what: &'static str, body: &str, status: u16, field: Option<&'static str>
         body: body.as_bytes().to_vec(),
         status,
         field: Some(field),
+        idempotency_keys: Vec::new(),
+    }
+}
+
+const VALID: &str = r#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4}"#;
+
+/// A valid vote with bad `Idempotency-Key` headers: 400 naming the header.
+fn bad_key(what: &'static str, keys: &[&[u8]]) -> BadCase {
+    BadCase {
+        idempotency_keys: keys.iter().map(|k| k.to_vec()).collect(),
+        ..case(what, VALID, 400, Some(urna_vote::IDEMPOTENCY_KEY_HEADER))
     }
 }
 
@@ -91,6 +104,7 @@ pub fn bad_cases() -> Vec<BadCase> {
             body: oversized,
             status: 413,
             field: Some(None),
+            idempotency_keys: Vec::new(),
         },
         BadCase {
             what: "text/plain content type",
@@ -98,6 +112,7 @@ pub fn bad_cases() -> Vec<BadCase> {
             body: br#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4}"#.to_vec(),
             status: 415,
             field: Some(None),
+            idempotency_keys: Vec::new(),
         },
         BadCase {
             what: "no content type",
@@ -105,7 +120,14 @@ pub fn bad_cases() -> Vec<BadCase> {
             body: br#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4}"#.to_vec(),
             status: 415,
             field: Some(None),
+            idempotency_keys: Vec::new(),
         },
+        bad_key("empty idempotency key", &[b""]),
+        bad_key("idempotency key of 65 characters", &[&[b'k'; 65]]),
+        bad_key("idempotency key with a space", &[b"two words"]),
+        bad_key("idempotency key with a dot", &[b"v1.2"]),
+        bad_key("idempotency key with a non-ASCII byte", &[b"cl\xc3\xa9"]),
+        bad_key("two idempotency keys", &[b"key-1", b"key-2"]),
     ]
 }
 
@@ -140,6 +162,10 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
         if let Some(ct) = case.content_type {
             request = request.header("content-type", ct);
         }
+        for key in &case.idempotency_keys {
+            let value = reqwest::header::HeaderValue::from_bytes(key).unwrap();
+            request = request.header(urna_vote::IDEMPOTENCY_KEY_HEADER, value);
+        }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let body: Value = response
@@ -166,22 +192,32 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
         "rejected votes must not reach Kafka"
     );
 
-    // Valid votes: 202 with a UUID v7 id, each record on Kafka exactly once.
+    // Valid votes: 202 with a UUID v7 id, each record on Kafka exactly once; every other
+    // one with an idempotency key, which its record carries. The producer does not
+    // deduplicate (the consumer does), so two requests with one key are two records.
     let votes = sample_votes();
+    let run = uuid::Uuid::now_v7().simple();
+    let key_of = |i: usize| {
+        i.is_multiple_of(2)
+            .then(|| format!("contract-{run}-{}", i / 4))
+    };
     let mut ids = BTreeSet::new();
-    for vote in &votes {
-        let response = http
+    let mut keys_by_id = std::collections::BTreeMap::new();
+    for (i, vote) in votes.iter().enumerate() {
+        let mut request = http
             .post(format!("{base}/votes"))
             .header("content-type", "application/json")
-            .body(vote.clone())
-            .send()
-            .await
-            .unwrap();
+            .body(vote.clone());
+        if let Some(key) = key_of(i) {
+            request = request.header(urna_vote::IDEMPOTENCY_KEY_HEADER, key);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED, "{vote}");
         let body: Value = response.json().await.unwrap();
         let id = body["id"].as_str().expect("id").to_owned();
         let uuid = uuid::Uuid::parse_str(&id).expect("id is a UUID");
         assert_eq!(uuid.get_version_num(), 7, "{id}");
+        keys_by_id.insert(id.clone(), key_of(i).unwrap_or_default());
         ids.insert(id);
     }
     assert_eq!(ids.len(), votes.len(), "ids are unique");
@@ -207,6 +243,7 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
             Ok(()),
             "{record:?}"
         );
+        assert_eq!(record.idempotency_key, keys_by_id[&record.id], "{record:?}");
     }
 
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();

@@ -113,11 +113,17 @@ impl Member {
             .inspect_err(|_| self.health.set_sinks_ok(false))
             .context("MongoDB")?;
 
-        let mut counted = 0;
+        let (mut counted, mut duplicates) = (0, 0);
         let mut gaps = Vec::new();
         for (partition, outcome) in outcomes {
             match outcome {
-                PartitionOutcome::Applied(n) => counted += n,
+                PartitionOutcome::Applied {
+                    counted: n,
+                    duplicates: d,
+                } => {
+                    counted += n;
+                    duplicates += d;
+                }
                 PartitionOutcome::Gap { stored_next } => gaps.push((partition, stored_next)),
             }
         }
@@ -125,8 +131,10 @@ impl Member {
         let poisoned = batch.poison().count() as u64;
         metrics::counter!("urna_consumer_records_total", "outcome" => "counted").increment(counted);
         metrics::counter!("urna_consumer_records_total", "outcome" => "poison").increment(poisoned);
+        metrics::counter!("urna_consumer_records_total", "outcome" => "duplicate_key")
+            .increment(duplicates);
         metrics::counter!("urna_consumer_records_total", "outcome" => "replayed")
-            .increment(votes.saturating_sub(counted));
+            .increment(votes.saturating_sub(counted + duplicates));
         metrics::counter!("urna_consumer_logs_inserted_total").increment(inserted);
         Ok(gaps)
     }

@@ -24,7 +24,12 @@ pub(super) fn owner(settings: &Settings) -> Owner {
 
 async fn redis_sink(settings: &Settings) -> redis::RedisResult<RedisSink> {
     let keys = Keys::new(&settings.redis_prefix, &settings.group_id);
-    RedisSink::connect(&settings.redis_url, keys, owner(settings)).await
+    let window = std::time::Duration::from_secs(settings.idempotency_window_secs);
+    Ok(
+        RedisSink::connect(&settings.redis_url, keys, owner(settings))
+            .await?
+            .with_idempotency_window(window),
+    )
 }
 
 async fn mongo_sink(settings: &Settings) -> mongodb::error::Result<MongoSink> {

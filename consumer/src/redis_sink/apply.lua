@@ -1,9 +1,13 @@
 -- One batch of votes → counters and offsets, atomically (urna consumer, redis_sink).
 --
--- KEYS: 1 offsets (this group), 2 total, 3 bands, 4 albums, 5 rank_sum, 6 sources, 7 owner
--- ARGV: 1 group, 2 topic, 3 partition count, then per partition:
---       partition, n, then n records of: offset, band, album key, rank, source
---       (band '' = a poison record: it only advances the offset)
+-- KEYS: 1 offsets (this group), 2 total, 3 bands, 4 albums, 5 rank_sum, 6 sources, 7 owner,
+--       8.. the idempotency buckets (sets of keys): 8 the current one, then older ones
+-- ARGV: 1 group, 2 topic, 3 bucket lifetime in ms, 4 partition count, then per partition:
+--       partition, n, then n records of: offset, band, album key, rank, source, key
+--       (band '' = a poison record: it only advances the offset; key '' = no key)
+--
+-- A record with a key that one of the buckets holds (or an earlier record of this batch
+-- had) is a client's retry of a vote already counted: its offset advances, nothing else.
 --
 -- Redis keeps the writes a script made before an error, so this script is in two
 -- halves: everything that can fail (arguments, key types, counter values, the owner
@@ -22,12 +26,14 @@ end
 
 -- 1. Arguments: parse everything before touching any key.
 local group, topic = ARGV[1], ARGV[2]
-local partitions = int(ARGV[3])
-if group == nil or group == '' or topic == nil or topic == '' or partitions == nil or partitions < 0 then
-  return fail('BAD_ARGS', 'group, topic or partition count')
+local bucket_ttl = int(ARGV[3])
+local partitions = int(ARGV[4])
+if group == nil or group == '' or topic == nil or topic == '' or partitions == nil or partitions < 0
+    or bucket_ttl == nil or bucket_ttl < 1 or #KEYS < 8 then
+  return fail('BAD_ARGS', 'group, topic, bucket lifetime, partition count or keys')
 end
 local batches = {}
-local i = 4
+local i = 5
 for _ = 1, partitions do
   local part, n = int(ARGV[i]), int(ARGV[i + 1])
   if part == nil or part < 0 or n == nil or n < 1 then
@@ -37,8 +43,9 @@ for _ = 1, partitions do
   local records = {}
   local previous = -1
   for _ = 1, n do
-    local offset, band, album, rank, source = int(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    if offset == nil or offset <= previous or source == nil then
+    local offset, band, album, rank, source, key =
+      int(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    if offset == nil or offset <= previous or key == nil then
       return fail('BAD_ARGS', 'record at argument ' .. i)
     end
     local r = { offset = offset }
@@ -48,10 +55,11 @@ for _ = 1, partitions do
         return fail('BAD_ARGS', 'vote at argument ' .. i)
       end
       r.band, r.album, r.source = band, album, source
+      if key ~= '' then r.key = key end
     end
     previous = offset
     records[#records + 1] = r
-    i = i + 5
+    i = i + 6
   end
   batches[#batches + 1] = { part = tostring(part), records = records }
 end
@@ -59,11 +67,21 @@ if ARGV[i] ~= nil then return fail('BAD_ARGS', 'trailing arguments') end
 
 -- 2. Key types: a WRONGTYPE in the middle of the writes would leave half a batch.
 local expected_types = { 'hash', 'string', 'hash', 'hash', 'hash', 'hash', 'hash' }
-for k = 1, 7 do
+for k = 1, #KEYS do
+  local expected = expected_types[k] or 'set'
   local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= 'none' and t ~= expected_types[k] then
-    return fail('WRONGTYPE', KEYS[k] .. ' is a ' .. t .. ', not a ' .. expected_types[k])
+  if t ~= 'none' and t ~= expected then
+    return fail('WRONGTYPE', KEYS[k] .. ' is a ' .. t .. ', not a ' .. expected)
   end
+end
+
+local new_keys = {} -- key → true: counted by this batch
+local function seen(key)
+  if new_keys[key] then return true end
+  for k = 8, #KEYS do
+    if redis.call('SISMEMBER', KEYS[k], key) == 1 then return true end
+  end
+  return false
 end
 
 -- 3. Ownership: these counters belong to one (group, topic); offsets and counters
@@ -103,10 +121,13 @@ for _, b in ipairs(batches) do
     result[#result + 1] = b.part
     result[#result + 1] = 'gap:' .. stored
   else
-    local applied, next_offset = 0, stored
+    local applied, duplicates, next_offset = 0, 0, stored
     for _, r in ipairs(b.records) do
       if r.offset >= next_offset then
-        if r.band then
+        if r.band and r.key and seen(r.key) then
+          duplicates = duplicates + 1
+        elseif r.band then
+          if r.key then new_keys[r.key] = true end
           total = total + 1
           add(increments[1], r.band, 1)
           add(increments[2], r.album, 1)
@@ -119,7 +140,7 @@ for _, b in ipairs(batches) do
     end
     if next_offset > stored then offset_writes[b.part] = next_offset end
     result[#result + 1] = b.part
-    result[#result + 1] = 'applied:' .. applied
+    result[#result + 1] = 'applied:' .. applied .. ':' .. duplicates
   end
 end
 
@@ -146,5 +167,9 @@ end
 if total > 0 then redis.call('INCRBY', KEYS[2], total) end
 for k = 1, 4 do
   for field, v in pairs(increments[k]) do redis.call('HINCRBY', KEYS[k + 2], field, v) end
+end
+if next(new_keys) ~= nil then
+  for key, _ in pairs(new_keys) do redis.call('SADD', KEYS[8], key) end
+  redis.call('PEXPIRE', KEYS[8], bucket_ttl)
 end
 return result

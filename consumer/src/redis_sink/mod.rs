@@ -9,6 +9,14 @@
 //! and reported as a gap; the member then re-reads, or skips what Kafka no longer has
 //! (`skip.lua`).
 //!
+//! Idempotency keys: a vote whose record carries a client's `Idempotency-Key` is counted
+//! only if no earlier record with that key was counted within the window
+//! (`URNA_IDEMPOTENCY_WINDOW_SECS`). The keys counted live in sets, one per tenth of the
+//! window (`<prefix>:idempotency:<bucket>`); the script looks a key up in the current
+//! bucket and the ten before it and adds it to the current one, in the same atomic step
+//! as the offsets. A bucket expires as a whole once no lookup can reach it, so the state
+//! is bounded by the keys of about 1.1 windows (docs/architecture.md, "Idempotent retries").
+//!
 //! Redis does not roll back a script that fails half-way, so the script checks every
 //! argument, key type, counter value and the owner record before its first write.
 
@@ -23,8 +31,9 @@ use crate::owner::Owner;
 /// What the script did for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionOutcome {
-    /// This many votes were counted (0 when the batch was already applied).
-    Applied(u64),
+    /// This many votes were counted (0 when the batch was already applied), and this
+    /// many were retries of a key counted before (offset advanced, nothing counted).
+    Applied { counted: u64, duplicates: u64 },
     /// The batch starts past the stored next offset (0 for a partition never applied).
     Gap { stored_next: i64 },
 }
@@ -55,6 +64,8 @@ pub struct Keys {
     pub sources: String,
     /// Hash `{group, topic}`: whose counters these are (written with the first batch).
     pub owner: String,
+    /// `<prefix>:idempotency`: the sets of idempotency keys counted, one per bucket.
+    pub idempotency: String,
 }
 
 impl Keys {
@@ -67,6 +78,7 @@ impl Keys {
             rank_sum: format!("{prefix}:rank_sum"),
             sources: format!("{prefix}:sources"),
             owner: format!("{prefix}:owner"),
+            idempotency: format!("{prefix}:idempotency"),
         }
     }
 
@@ -95,8 +107,39 @@ pub struct RedisSink {
     conn: ConnectionManager,
     keys: Keys,
     owner: Owner,
+    window: IdempotencyWindow,
     apply: Script,
     skip: Script,
+}
+
+/// How long a counted idempotency key is remembered, split into [`BUCKETS`] buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyWindow {
+    bucket_ms: u64,
+}
+
+/// Buckets per window: a lookup reads `BUCKETS + 1` sets, and the state holds up to
+/// `1 + 1/BUCKETS` windows of keys.
+pub const BUCKETS: u64 = 10;
+
+impl IdempotencyWindow {
+    /// A window of at least `window` (rounded up to whole milliseconds per bucket).
+    pub fn new(window: std::time::Duration) -> IdempotencyWindow {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        IdempotencyWindow {
+            bucket_ms: ms.div_ceil(BUCKETS).max(1),
+        }
+    }
+
+    /// At `now_ms` (Unix time): the buckets a lookup reads, current first, and how long
+    /// the current one must live after a write so every lookup that may read it finds it.
+    pub fn buckets(&self, now_ms: u64) -> (Vec<u64>, u64) {
+        let current = now_ms / self.bucket_ms;
+        let buckets = (0..=BUCKETS)
+            .filter_map(|back| current.checked_sub(back))
+            .collect();
+        (buckets, self.bucket_ms * (BUCKETS + 1))
+    }
 }
 
 impl RedisSink {
@@ -108,9 +151,16 @@ impl RedisSink {
             conn,
             keys,
             owner,
+            window: IdempotencyWindow::new(std::time::Duration::from_secs(600)),
             apply: Script::new(include_str!("apply.lua")),
             skip: Script::new(include_str!("skip.lua")),
         })
+    }
+
+    /// Remembers counted idempotency keys for `window` (default 10 minutes).
+    pub fn with_idempotency_window(mut self, window: std::time::Duration) -> RedisSink {
+        self.window = IdempotencyWindow::new(window);
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -134,6 +184,10 @@ impl RedisSink {
         ] {
             invocation.key(key);
         }
+        let (buckets, bucket_ttl_ms) = self.window.buckets(unix_millis());
+        for bucket in buckets {
+            invocation.key(format!("{}:{bucket}", self.keys.idempotency));
+        }
         let mut partitions: BTreeMap<i32, Vec<&Entry>> = BTreeMap::new();
         for e in &batch.entries {
             partitions.entry(e.partition).or_default().push(e);
@@ -141,6 +195,7 @@ impl RedisSink {
         invocation
             .arg(&self.owner.group)
             .arg(&self.owner.topic)
+            .arg(bucket_ttl_ms)
             .arg(partitions.len());
         for (partition, entries) in &partitions {
             invocation.arg(partition).arg(entries.len());
@@ -152,10 +207,11 @@ impl RedisSink {
                             .arg(&r.name)
                             .arg(album_key(r))
                             .arg(r.rank)
-                            .arg(r.source().label());
+                            .arg(r.source().label())
+                            .arg(&r.idempotency_key);
                     }
                     Item::Poison { .. } => {
-                        invocation.arg("").arg("").arg(0).arg("");
+                        invocation.arg("").arg("").arg(0).arg("").arg("");
                     }
                 }
             }
@@ -272,6 +328,12 @@ impl RedisSink {
 }
 
 /// The script's own refusals (`URNA_…`) are state problems, not connection trouble.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn refused_or_redis(e: redis::RedisError) -> SinkError {
     match e.code() {
         Some(code) if code.starts_with("URNA_") => SinkError::Refused(e.to_string()),
@@ -279,7 +341,7 @@ fn refused_or_redis(e: redis::RedisError) -> SinkError {
     }
 }
 
-/// `[partition, "applied:N" | "gap:OFFSET", …]` → outcomes; anything else is an error.
+/// `[partition, "applied:N:D" | "gap:OFFSET", …]` → outcomes; anything else is an error.
 fn parse_outcomes(reply: &[String]) -> Result<BTreeMap<i32, PartitionOutcome>, SinkError> {
     if !reply.len().is_multiple_of(2) {
         return Err(SinkError::BadReply(format!("odd reply {reply:?}")));
@@ -289,7 +351,13 @@ fn parse_outcomes(reply: &[String]) -> Result<BTreeMap<i32, PartitionOutcome>, S
         let bad = || SinkError::BadReply(format!("{pair:?}"));
         let partition: i32 = pair[0].parse().map_err(|_| bad())?;
         let outcome = match pair[1].split_once(':') {
-            Some(("applied", n)) => PartitionOutcome::Applied(n.parse().map_err(|_| bad())?),
+            Some(("applied", n)) => {
+                let (counted, duplicates) = n.split_once(':').ok_or_else(bad)?;
+                PartitionOutcome::Applied {
+                    counted: counted.parse().map_err(|_| bad())?,
+                    duplicates: duplicates.parse().map_err(|_| bad())?,
+                }
+            }
             Some(("gap", stored)) => PartitionOutcome::Gap {
                 stored_next: stored.parse().map_err(|_| bad())?,
             },
@@ -310,21 +378,48 @@ mod tests {
     fn replies_parse_strictly() {
         let reply = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            parse_outcomes(&reply(&["0", "applied:3", "2", "gap:17"])).unwrap(),
+            parse_outcomes(&reply(&["0", "applied:3:1", "2", "gap:17"])).unwrap(),
             BTreeMap::from([
-                (0, PartitionOutcome::Applied(3)),
+                (
+                    0,
+                    PartitionOutcome::Applied {
+                        counted: 3,
+                        duplicates: 1
+                    }
+                ),
                 (2, PartitionOutcome::Gap { stored_next: 17 })
             ])
         );
         for bad in [
             &["0"][..],
-            &["x", "applied:1"],
-            &["-1", "applied:1"],
+            &["x", "applied:1:0"],
+            &["-1", "applied:1:0"],
+            &["0", "applied:1"],
             &["0", "3"],
             &["0", "gap:"],
-            &["0", "applied:1", "0", "applied:2"],
+            &["0", "applied:1:0", "0", "applied:2:0"],
         ] {
             assert!(parse_outcomes(&reply(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_key_is_found_for_a_whole_window_and_its_bucket_outlives_every_lookup() {
+        let window = IdempotencyWindow::new(std::time::Duration::from_secs(600));
+        let (at_write, ttl) = window.buckets(1_000_000_000_123);
+        assert_eq!(at_write.len() as u64, BUCKETS + 1);
+        assert_eq!(ttl, 660_000);
+        let written = at_write[0];
+        // Any lookup less than a window later reads the bucket written to ...
+        for later_ms in [0, 1, 59_999, 60_000, 599_999] {
+            let (read, _) = window.buckets(1_000_000_000_123 + later_ms);
+            assert!(read.contains(&written), "{later_ms} ms later");
+        }
+        // ... and the last lookup that reads it comes before it expires, even when the
+        // bucket's last write (which sets its lifetime) was its first moment.
+        let last_reader = (written + BUCKETS + 1) * 60_000 - 1;
+        assert!(window.buckets(last_reader).0.contains(&written));
+        assert!(!window.buckets(last_reader + 1).0.contains(&written));
+        assert!(written * 60_000 + ttl > last_reader);
     }
 }

@@ -24,6 +24,137 @@ async fn two_members_count_every_vote_exactly_once() {
     b.stop().await;
 }
 
+/// A client's retry (same idempotency key, new record at a new offset) is counted once
+/// and logged once, within a batch, across batches and across partitions; records
+/// without a key are all counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_key_is_counted_and_logged_once() {
+    let f = Fixture::new("idem").await;
+    let redis = f.redis_sink().await;
+    let mongo = f.mongo_sink().await;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let record = |rank: u32, key: &str| {
+        VoteRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: "Alux Nahual".into(),
+            album: "Conquista".into(),
+            year: 1982,
+            rank,
+            source: Source::Grpc as i32,
+            accepted_at_micros: 1,
+            ballot_version: String::new(),
+            idempotency_key: if key.is_empty() {
+                String::new()
+            } else {
+                format!("{run}-{key}")
+            },
+        }
+        .encode_to_vec()
+    };
+    // Partition 0: a, a again (a retry in the same batch), no key, no key, b.
+    let p0 = [
+        record(1, "a"),
+        record(1, "a"),
+        record(2, ""),
+        record(2, ""),
+        record(3, "b"),
+    ];
+    let first = Batch::decode(
+        p0.iter()
+            .enumerate()
+            .map(|(i, r)| (0, i as i64, Some(r.as_slice()))),
+    );
+    assert_eq!(
+        redis.apply(&first).await.unwrap(),
+        BTreeMap::from([(
+            0,
+            PartitionOutcome::Applied {
+                counted: 4,
+                duplicates: 1
+            }
+        )])
+    );
+    assert_eq!(mongo.apply(&first).await.unwrap(), 4);
+
+    // Later batches: b again on partition 0, a again on partition 1, c new.
+    let later_p0 = record(3, "b");
+    let later_p1 = [record(1, "a"), record(4, "c")];
+    let second = Batch::decode([
+        (0, 5, Some(later_p0.as_slice())),
+        (1, 0, Some(later_p1[0].as_slice())),
+        (1, 1, Some(later_p1[1].as_slice())),
+    ]);
+    assert_eq!(
+        redis.apply(&second).await.unwrap(),
+        BTreeMap::from([
+            (
+                0,
+                PartitionOutcome::Applied {
+                    counted: 0,
+                    duplicates: 1
+                }
+            ),
+            (
+                1,
+                PartitionOutcome::Applied {
+                    counted: 1,
+                    duplicates: 1
+                }
+            ),
+        ])
+    );
+    assert_eq!(mongo.apply(&second).await.unwrap(), 1);
+
+    // Replaying both batches (a crash before Kafka's commit) changes nothing.
+    for batch in [&first, &second] {
+        for outcome in redis.apply(batch).await.unwrap().values() {
+            assert_eq!(
+                *outcome,
+                PartitionOutcome::Applied {
+                    counted: 0,
+                    duplicates: 0
+                }
+            );
+        }
+        assert_eq!(mongo.apply(batch).await.unwrap(), 0);
+    }
+
+    let state = f.redis_state().await;
+    assert_eq!(state.total, 5, "a, b, c and the two votes without a key");
+    assert_eq!(state.rank_sum["Alux Nahual|Conquista"], 1 + 2 + 2 + 3 + 4);
+    assert_eq!(f.mongo_count().await, 5);
+    // Offsets moved past the duplicates: nothing is read twice.
+    assert_eq!(
+        redis.stored_offsets().await.unwrap(),
+        BTreeMap::from([(0, 6), (1, 2)])
+    );
+    // The keys are held in one bucket set, bounded by its lifetime (11 tenths of the
+    // default 10-minute window).
+    let mut conn = f.redis_conn().await;
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", f.keys().idempotency))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(buckets.len(), 1 | 2), "{buckets:?}");
+    let mut held = 0;
+    for bucket in &buckets {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(bucket)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=660_000).contains(&ttl), "{bucket}: {ttl}");
+        let n: i64 = redis::cmd("SCARD")
+            .arg(bucket)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        held += n;
+    }
+    assert_eq!(held, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_batch_applied_twice_changes_nothing() {
     let f = Fixture::new("twice").await;
@@ -39,6 +170,7 @@ async fn the_same_batch_applied_twice_changes_nothing() {
             source: Source::Wasm as i32,
             accepted_at_micros: 1,
             ballot_version: String::new(),
+            idempotency_key: String::new(),
         }
         .encode_to_vec()
     };
@@ -50,7 +182,13 @@ async fn the_same_batch_applied_twice_changes_nothing() {
     let first = batch(0..3);
     assert_eq!(
         redis.apply(&first).await.unwrap(),
-        BTreeMap::from([(0, PartitionOutcome::Applied(3))])
+        BTreeMap::from([(
+            0,
+            PartitionOutcome::Applied {
+                counted: 3,
+                duplicates: 0
+            }
+        )])
     );
     assert_eq!(mongo.apply(&first).await.unwrap(), 3);
     let after_first = f.redis_state().await;
@@ -63,7 +201,13 @@ async fn the_same_batch_applied_twice_changes_nothing() {
     // Exactly the same batch again: no effect anywhere.
     assert_eq!(
         redis.apply(&first).await.unwrap(),
-        BTreeMap::from([(0, PartitionOutcome::Applied(0))])
+        BTreeMap::from([(
+            0,
+            PartitionOutcome::Applied {
+                counted: 0,
+                duplicates: 0
+            }
+        )])
     );
     assert_eq!(mongo.apply(&first).await.unwrap(), 0);
     assert_eq!(f.redis_state().await, after_first);
@@ -73,7 +217,13 @@ async fn the_same_batch_applied_twice_changes_nothing() {
     let overlapping = batch(1..4);
     assert_eq!(
         redis.apply(&overlapping).await.unwrap(),
-        BTreeMap::from([(0, PartitionOutcome::Applied(1))])
+        BTreeMap::from([(
+            0,
+            PartitionOutcome::Applied {
+                counted: 1,
+                duplicates: 0
+            }
+        )])
     );
     assert_eq!(mongo.apply(&overlapping).await.unwrap(), 1);
     let state = f.redis_state().await;

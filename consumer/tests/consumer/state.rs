@@ -136,7 +136,13 @@ async fn a_batch_redis_refuses_changes_nothing_and_applies_once_fixed() {
     }
     assert_eq!(
         sink.apply(&batch(0..4)).await.unwrap(),
-        BTreeMap::from([(0, PartitionOutcome::Applied(4))])
+        BTreeMap::from([(
+            0,
+            PartitionOutcome::Applied {
+                counted: 4,
+                duplicates: 0
+            }
+        )])
     );
     assert_eq!(f.redis_state().await, expected);
 
@@ -193,7 +199,13 @@ async fn a_batch_redis_refuses_changes_nothing_and_applies_once_fixed() {
     }
     assert_eq!(
         sink.apply(&batch(4..8)).await.unwrap(),
-        BTreeMap::from([(0, PartitionOutcome::Applied(4))])
+        BTreeMap::from([(
+            0,
+            PartitionOutcome::Applied {
+                counted: 4,
+                duplicates: 0
+            }
+        )])
     );
     for r in &records[4..] {
         expected.add(r);

@@ -74,6 +74,7 @@ pub fn vote(i: usize) -> VoteRecord {
         } as i32,
         accepted_at_micros: urna_common::stamp::now_micros(),
         ballot_version: ballot.version().into(),
+        idempotency_key: String::new(),
     }
 }
 
@@ -167,7 +168,7 @@ impl Fixture {
 
     pub async fn mongo_sink(&self) -> MongoSink {
         let s = &self.settings;
-        MongoSink::connect(
+        let sink = MongoSink::connect(
             &s.mongo_url,
             &s.mongo_db,
             &s.mongo_collection,
@@ -176,7 +177,9 @@ impl Fixture {
             "test",
         )
         .await
-        .unwrap()
+        .unwrap();
+        sink.ensure_indexes().await.unwrap();
+        sink
     }
 
     pub async fn redis_state(&self) -> Expected {

@@ -425,9 +425,11 @@ pub fn decode_output(
             if record.id != id.hyphenated().to_string()
                 || record.accepted_at_micros != accepted_at_micros
                 || record.source() != urna_vote::Source::Wasm
+                || !record.idempotency_key.is_empty()
             {
                 return Err(bad(
-                    "accepted record does not carry the host's id, time and source".into(),
+                    "accepted record does not carry the host's id, time and source (and no key)"
+                        .into(),
                 ));
             }
             let payload = out[1..].to_vec();
