@@ -47,6 +47,9 @@ echo "== Helm chart: lint, Kubernetes + Strimzi schemas, rendered facts, Grafana
 cargo build -q -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api || failed+=("charts (cargo build)")
 pytest_suite charts charts/tests
 
+echo "== end to end: exact counts under faults, hostile input, fuzzing (scripts/e2e.sh) =="
+scripts/e2e.sh || failed+=("e2e")
+
 echo "== the docs' commands: docs/manual.md and README.md against a private pipeline (scripts/doc-test.sh) =="
 scripts/doc-test.sh || failed+=("doc-test")
 
