@@ -10,10 +10,11 @@ SAMPLE_VOTES := locust/data/sample-votes.jsonl
 # cargo-machete (unused dependencies), installed by scripts/bootstrap.sh
 MACHETE := .cache/cargo-tools/bin/cargo-machete
 
-.PHONY: up down test bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
+.PHONY: up down test e2e bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
 
-## up: install what is missing, build, start the stack and every service, send traffic
-##     through both producers and show the counted results
+## up: install what is missing, build, start the stack and every service, run Locust
+##     against both producers, check the counts, show where to look; Ctrl-C stops it all
+##     (LOAD_SECONDS=60 LOAD_RATE=100 per producer, LOCUST_UI=1, DETACH=1)
 up: bootstrap modules demo-module
 	scripts/pipeline.sh up
 
@@ -24,6 +25,11 @@ down:
 ## test: install what is missing, then every test against the real local stack
 test: bootstrap lint modules
 	scripts/test.sh
+
+## e2e: the end-to-end suite alone (exact counts under faults, hostile input, fuzzing);
+##      one scenario: scripts/e2e.sh -k kafka
+e2e: bootstrap modules
+	scripts/e2e.sh
 
 bootstrap:
 	scripts/bootstrap.sh

@@ -14,6 +14,9 @@ Producers: `--wasm-host` / `--grpc-host` (base URLs; any reachable address, e.g.
 ingress). `--vote-rate` is votes/s per producer class (open model: each user sends at a
 fixed pace, so arrivals do not wait for answers while latency stays under
 users/rate); 0 sends as fast as the users can (closed model, for saturation).
+Every vote carries an `Idempotency-Key`; an answer that is neither the expected status
+nor a 4xx (a 503, 429 or 5xx, a dropped connection) is retried with the same key, up to
+`--retries` times (default 3), so a retried vote is still counted once.
 `--samples-out FILE` writes every request's (time, latency, status, expected status)
 as JSON at the end, for the comparison runner's exact percentiles (Locust's own are
 rounded to whole milliseconds).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 from locust import FastHttpUser, events, task
 
@@ -37,6 +41,8 @@ def _options(parser):
     parser.add_argument("--vote-rate", type=float, default=0.0,
                         help="votes/s per producer class; 0 = as fast as possible")
     parser.add_argument("--samples-out", default="", help="write every request's timing here (JSON)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="retries of a vote answered 5xx/429 or not at all, with the same Idempotency-Key")
 
 
 @events.init.add_listener
@@ -95,14 +101,23 @@ class Voter(FastHttpUser):
         line = VOTES[cls.cursor % len(VOTES)]
         cls.cursor += 1
         context = {"producer": self.producer, "expect": line["expect"], "class": line["class"]}
-        with self.client.post("/votes", data=line["body"].encode("utf-8"),
-                              headers={"content-type": line["content_type"]},
-                              name=f"POST /votes [{self.producer}]", context=context,
-                              catch_response=True) as response:
-            if response.status_code != line["expect"]:
-                response.failure(f"{line['class']}: expected {line['expect']}, got {response.status_code}")
-            else:
-                response.success()
+        headers = {"content-type": line["content_type"], "Idempotency-Key": uuid.uuid4().hex}
+        options = self.environment.parsed_options
+        retries = options.retries if options is not None else 0
+        for attempt in range(retries + 1):
+            with self.client.post("/votes", data=line["body"].encode("utf-8"), headers=headers,
+                                  name=f"POST /votes [{self.producer}]", context=context,
+                                  catch_response=True) as response:
+                status = response.status_code or 0
+                if status == line["expect"]:
+                    response.success()
+                    return
+                retry = attempt < retries and (status == 0 or status == 429 or status >= 500)
+                response.failure(f"{line['class']}: expected {line['expect']}, got {status}"
+                                 + (" (retried with its key)" if retry else ""))
+            if not retry:
+                return
+            time.sleep(min(float(response.headers.get("Retry-After") or 0.2), 1.0))
 
 
 class WasmVoter(Voter):

@@ -1,49 +1,31 @@
 #!/usr/bin/env bash
 # The whole pipeline on the local embedded stack:
-#   scripts/pipeline.sh up     build, start stack + producers + 2 consumer members,
-#                              send traffic through both producers, show the results
+#   scripts/pipeline.sh up     build; start the stack and every service; drain a backlog an
+#                              earlier run left in Kafka; run Locust against both producers
+#                              for LOAD_SECONDS (default 60; 0: no load) at LOAD_RATE votes/s
+#                              per producer (default 100), or keep Locust's web UI up on :8089
+#                              (LOCUST_UI=1); check every accepted vote was counted; print
+#                              where to look; then run until Ctrl-C, which stops everything.
+#                              DETACH=1 returns after the check and leaves it all running.
 #   scripts/pipeline.sh start  start stack + services from binaries already built
-#                              (URNA_PROFILE=release|debug, default release); no build, no traffic
+#                              (URNA_PROFILE=release|debug, default release); no build, no load
 #   scripts/pipeline.sh down   stop the services and the stack
-# Services log to .stack/logs/<name>.log; pids live in .stack/run/<name>.pid.
+# The services run under the stack's supervisord (program group `urna`), which restarts
+# one that crashes; logs: .stack/logs/<service>.log; `stack/ctl.sh status` shows them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-stack_dir=${URNA_STACK_DIR:-$root/.stack}
-logs=$stack_dir/logs
-run=$stack_dir/run
+# shellcheck source-path=SCRIPTDIR source=../stack/lib/common.sh
+source stack/lib/common.sh
 profile=${URNA_PROFILE:-release}
 bin=$root/target/$profile
-votes=${URNA_SAMPLE_VOTES:-$root/locust/data/sample-votes.jsonl}
-repeat=${URNA_TRAFFIC_REPEAT:-50}
-
+load_seconds=${LOAD_SECONDS:-60}
+load_rate=${LOAD_RATE:-100}
 services=(wasm-host grpc-server grpc-client consumer-1 consumer-2 api)
+services_conf=$CONF_DIR/services/urna.conf
+up_lock=$RUN_DIR/up.lock
 
-log() { printf '[pipeline] %s\n' "$*"; }
-
-start() { # name, then env assignments, then the binary
-  local name=$1; shift
-  local pidfile=$run/$name.pid
-  if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    log "$name already running (pid $(cat "$pidfile"))"; return
-  fi
-  env RUST_LOG="${RUST_LOG:-info}" "$@" >>"$logs/$name.log" 2>&1 &
-  echo $! >"$pidfile"
-  log "$name started (pid $!, log $logs/$name.log)"
-}
-
-wait_ready() { # name, url
-  local deadline=$((SECONDS + 60))
-  until curl -fs -o /dev/null "$2"; do
-    if (( SECONDS > deadline )); then
-      log "$1 not ready at $2 after 60 s; last log lines:"; tail -n 20 "$logs/$1.log" >&2; exit 1
-    fi
-    sleep 0.2
-  done
-  log "$1 ready ($2)"
-}
-
-redis() { redis-cli -p "${URNA_REDIS_PORT:-6379}" "$@"; }
+say() { printf '[pipeline] %s\n' "$*"; }
 
 # Where WasmEdge is installed (WASMEDGE_DIR, else its installer's ~/.wasmedge), if anywhere.
 wasmedge_home() {
@@ -57,27 +39,49 @@ wasmedge_home() {
 
 # The Wasm producer runs on WasmEdge (AOT-compiled modules) when WasmEdge is installed,
 # else on wasmtime.
-wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm
+wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm wasm_env=""
 pick_wasm_runtime() {
   local wasmedge; wasmedge=$(wasmedge_home)
   if [[ -n $wasmedge ]]; then
     export WASMEDGE_DIR=$wasmedge
     export LD_LIBRARY_PATH=$wasmedge/lib:$wasmedge/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     wasm_runtime=wasmedge host_features=(--features urna-host/wasmedge)
-    log "WasmEdge found in $wasmedge: the Wasm producer will run on WasmEdge (AOT)"
+    module_dir=$root/target/wasm32-wasip1/wasmedge-aot
+    wasm_env=",LD_LIBRARY_PATH=\"$LD_LIBRARY_PATH\""
+    say "WasmEdge found in $wasmedge: the Wasm producer will run on WasmEdge (AOT)"
   else
-    log "WasmEdge not found (~/.wasmedge or WASMEDGE_DIR): the Wasm producer will run on wasmtime"
+    say "WasmEdge not found (~/.wasmedge or WASMEDGE_DIR): the Wasm producer will run on wasmtime"
   fi
-  if [[ $wasm_runtime == wasmedge ]]; then module_dir=$root/target/wasm32-wasip1/wasmedge-aot; fi
 }
 
-up() {
-  [[ $profile == release ]] || { log "up builds release binaries; URNA_PROFILE=$profile is for start"; exit 2; }
-  pick_wasm_runtime
-  log "building release binaries and the vote modules"
+# Names the services running under the stack's supervisor, if any.
+running_services() {
+  supervisor_running || return 0
+  sctl status 'urna:*' 2>/dev/null | awk '$2 == "RUNNING" || $2 == "STARTING" { print $1 }' || true
+}
+
+refuse_second_up() {
+  mkdir -p "$RUN_DIR"
+  exec 9>"$up_lock"
+  if ! flock -n 9; then
+    say "urna is already running in the foreground (pid $(cat "$up_lock.pid" 2>/dev/null || echo '?')):"
+    say "open http://127.0.0.1:8080/, or stop it with Ctrl-C there or with: make down"
+    exit 1
+  fi
+  echo $$ >"$up_lock.pid"
+  local running; running=$(running_services)
+  if [[ -n $running ]]; then
+    say "urna is already running (detached): $(echo "$running" | tr '\n' ' ')"
+    say "open http://127.0.0.1:8080/, or stop it first with: make down"
+    exit 1
+  fi
+}
+
+build() {
+  say "building release binaries and the vote modules"
   cargo build --release -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api "${host_features[@]}"
   cargo build -p vote-module --target wasm32-wasip1 --profile wasm
-  log "building the web app (ui/web)"
+  say "building the web app (ui/web)"
   if [[ ! -f ui/web/node_modules/.package-lock.json || ui/web/package-lock.json -nt ui/web/node_modules/.package-lock.json ]]; then
     (cd ui/web && npm ci --no-audit --no-fund)
   fi
@@ -89,78 +93,149 @@ up() {
     "$WASMEDGE_DIR/bin/wasmedge" compile "$root/target/wasm32-wasip1/wasm/vote_module.wasm" \
       "$module_dir/vote_module.wasm.tmp"
     mv "$module_dir/vote_module.wasm.tmp" "$module_dir/vote_module.wasm"
-    log "vote_module.wasm AOT-compiled into $module_dir"
+    say "vote_module.wasm AOT-compiled into $module_dir"
   fi
-  start_services
-  send_traffic
 }
 
-# Starts the stack and every service from $bin (skipping those already running) and waits
-# until each is ready.
-start_services() {
-  stack/up.sh
-  python3 -m pip install -q --disable-pip-version-check -r stack/tests/requirements.txt
-  mkdir -p "$logs" "$run"
+# One supervisord program: name, priority, environment (KEY="value",...), binary.
+program() {
+  cat <<EOF
 
-  start wasm-host URNA_LISTEN=127.0.0.1:8081 URNA_MODULE_DIR="$module_dir" \
-    URNA_WASM_RUNTIME="$wasm_runtime" "$bin/urna-host"
-  start grpc-server URNA_GRPC_LISTEN=127.0.0.1:50051 "$bin/urna-grpc-server"
-  start grpc-client URNA_LISTEN=127.0.0.1:8082 URNA_GRPC_SERVER_URL=http://127.0.0.1:50051 "$bin/urna-grpc-client"
-  start consumer-1 URNA_LISTEN=127.0.0.1:9101 URNA_MEMBER_NAME=consumer-1 "$bin/urna-consumer"
-  start consumer-2 URNA_LISTEN=127.0.0.1:9102 URNA_MEMBER_NAME=consumer-2 "$bin/urna-consumer"
-  wait_ready wasm-host http://127.0.0.1:8081/readyz
-  if [[ $wasm_runtime == wasmedge ]]; then
-    log "Wasm producer runtime: WasmEdge, $(grep -o 'run_mode=[A-Za-z]*' "$logs/wasm-host.log" | tail -n 1 || true)"
-  else
-    log "Wasm producer runtime: wasmtime"
-  fi
-  wait_ready grpc-client http://127.0.0.1:8082/readyz
-  wait_ready consumer-1 http://127.0.0.1:9101/readyz
-  wait_ready consumer-2 http://127.0.0.1:9102/readyz
-  start api URNA_LISTEN=127.0.0.1:8080 URNA_WEB_DIR="$root/ui/web/dist" "$bin/urna-api"
-  wait_ready api http://127.0.0.1:8080/readyz
-  log "web app (live votes, charts, the race): http://127.0.0.1:8080/"
+[program:$1]
+command=$4
+directory=$root
+environment=RUST_LOG="${RUST_LOG:-info}",$stack_env,$3
+priority=$2
+autostart=true
+; restarted whenever it exits, like a pod: crash, kill -9, OOM
+autorestart=true
+startsecs=1
+startretries=1000
+stopsignal=TERM
+stopwaitsecs=20
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile=$LOG_DIR/$1.log
+stdout_logfile_maxbytes=20MB
+stdout_logfile_backups=2
+EOF
 }
 
-send_traffic() {
-  local before after accepted summary
-  before=$(redis GET votes:total); before=${before:-0}
-  log "sending $(( $(grep -c . "$votes") * repeat )) votes from $votes, alternating producers"
-  summary=$(python3 scripts/send_votes.py --votes "$votes" --repeat "$repeat" \
-    http://127.0.0.1:8081 http://127.0.0.1:8082)
-  log "answers by producer and status: $summary"
-  accepted=$(python3 -c 'import json,sys; print(sum(c.get("202",0) for c in json.loads(sys.argv[1]).values()))' "$summary")
+write_services_conf() {
+  mkdir -p "$(dirname "$services_conf")"
+  # The stack's addresses (stack/lib/common.sh; URNA_*_PORT override them).
+  stack_env="URNA_KAFKA_BROKERS=\"127.0.0.1:$URNA_KAFKA_PORT\",URNA_REDIS_URL=\"redis://127.0.0.1:$URNA_REDIS_PORT/\",URNA_MONGO_URL=\"mongodb://127.0.0.1:$URNA_MONGO_PORT/\""
+  {
+    echo "; written by scripts/pipeline.sh; removed by make down"
+    echo "[group:urna]"
+    echo "programs=$(IFS=,; echo "${services[*]}")"
+    program wasm-host 100 "URNA_LISTEN=\"127.0.0.1:8081\",URNA_MODULE_DIR=\"$module_dir\",URNA_WASM_RUNTIME=\"$wasm_runtime\"$wasm_env" "$bin/urna-host"
+    program grpc-server 100 "URNA_GRPC_LISTEN=\"127.0.0.1:50051\"" "$bin/urna-grpc-server"
+    program grpc-client 110 "URNA_LISTEN=\"127.0.0.1:8082\",URNA_GRPC_SERVER_URL=\"http://127.0.0.1:50051\"" "$bin/urna-grpc-client"
+    program consumer-1 100 "URNA_LISTEN=\"127.0.0.1:9101\",URNA_MEMBER_NAME=\"consumer-1\"" "$bin/urna-consumer"
+    program consumer-2 100 "URNA_LISTEN=\"127.0.0.1:9102\",URNA_MEMBER_NAME=\"consumer-2\"" "$bin/urna-consumer"
+    program api 120 "URNA_LISTEN=\"127.0.0.1:8080\",URNA_WEB_DIR=\"$root/ui/web/dist\"" "$bin/urna-api"
+  } >"$services_conf.tmp"
+  mv "$services_conf.tmp" "$services_conf"
+}
 
-  local deadline=$((SECONDS + 60))
-  while :; do
-    after=$(redis GET votes:total); after=${after:-0}
-    (( after - before == accepted )) && break
+wait_ready() { # name, url
+  local deadline=$((SECONDS + 90))
+  until curl -fs -o /dev/null "$2"; do
     if (( SECONDS > deadline )); then
-      log "counted $((after - before)) of $accepted accepted votes after 60 s"; exit 1
+      say "$1 not ready at $2 after 90 s ($(sctl status "urna:$1" | awk '{print $2}')); last log lines:"
+      tail -n 20 "$LOG_DIR/$1.log" >&2; exit 1
     fi
     sleep 0.2
   done
-  log "all $accepted accepted votes counted (votes:total $before → $after)"
+  say "$1 ready ($2)"
+}
+
+# Starts the stack and every service from $bin under the stack's supervisor and waits
+# until each is ready (in the order the next one needs).
+start_services() {
+  stack/up.sh
+  if ! grep -q '^\[include\]' "$SUPERVISOR_CONF"; then
+    say "the running stack was started by an older urna (no [include] for services): make down, then again"
+    exit 1
+  fi
+  python3 -m pip install -q --disable-pip-version-check -r locust/requirements.txt
+  write_services_conf
+  sctl reread >/dev/null
+  sctl update urna >/dev/null
+  sctl start 'urna:*' >/dev/null 2>&1 || true
+  wait_ready wasm-host http://127.0.0.1:8081/readyz
+  say "Wasm producer runtime: $wasm_runtime"
+  wait_ready grpc-client http://127.0.0.1:8082/readyz
+  wait_ready consumer-1 http://127.0.0.1:9101/readyz
+  wait_ready consumer-2 http://127.0.0.1:9102/readyz
+  wait_ready api http://127.0.0.1:8080/readyz
+}
+
+where_to_look() {
+  echo
+  say "web app (live votes, charts, the race):  http://127.0.0.1:8080/"
+  [[ ${LOCUST_UI:-0} == 1 ]] && say "Locust web UI (start a swarm there):      http://127.0.0.1:8089/"
+  say "logs API /api/logs, results /api/results, race /api/race (same port)"
+  say "metrics: Wasm producer :8081/metrics, gRPC front :8082/metrics, gRPC server :9110/metrics,"
+  say "         consumers :9101/metrics :9102/metrics, API :8080/metrics"
+  say "services: stack/ctl.sh status; logs: $LOG_DIR/<service>.log"
+}
+
+locust_pid=""
+load() {
+  local votes=$RUN_DIR/votes.jsonl
+  [[ -s $votes ]] || python3 locust/gen_votes.py --count 20000 --invalid-share 0.05 --seed 1 --out "$votes"
+  local common=(-f locust/locustfile.py --votes "$votes" --vote-rate "$load_rate" -u 32 -r 32)
+  if [[ ${LOCUST_UI:-0} == 1 ]]; then
+    python3 -m locust "${common[@]}" --web-host 127.0.0.1 --web-port 8089 >"$LOG_DIR/locust.log" 2>&1 &
+    locust_pid=$!
+    return
+  fi
+  (( load_seconds > 0 )) || { say "LOAD_SECONDS=0: no load"; return; }
+  local before=$RUN_DIR/counts-before.json
+  python3 scripts/counts.py snapshot "$before"
+  say "Locust, headless: both producers at $load_rate votes/s each for $load_seconds s (5 % invalid votes, refused by design)"
+  python3 -m locust "${common[@]}" --headless -t "${load_seconds}s" --only-summary --loglevel WARNING \
+    --html "$LOG_DIR/locust-report.html" 2>&1 | grep -vE '^\s*$' | tail -n 25 || true
+  say "Locust's report: $LOG_DIR/locust-report.html"
+  python3 scripts/counts.py check "$before"
   echo
   echo "== results =="
   python3 scripts/show_results.py
-  echo
-  log "web app: http://127.0.0.1:8080/  (logs API /api/logs, results /api/results, race /api/race)"
-  log "metrics: wasm :8081/metrics, grpc front :8082/metrics, grpc server :9110/metrics, consumers :9101/:9102/metrics"
-  log "services keep running; stop everything with: make down"
+}
+
+up() {
+  [[ $profile == release ]] || { say "up builds release binaries; URNA_PROFILE=$profile is for start"; exit 2; }
+  refuse_second_up
+  pick_wasm_runtime
+  build
+  trap 'echo; say "stopping (Ctrl-C)"; [[ -n $locust_pid ]] && kill "$locust_pid" 2>/dev/null; down; exit 130' INT TERM
+  start_services
+  say "$(python3 scripts/counts.py drain)"
+  load
+  where_to_look
+  if [[ ${DETACH:-0} == 1 ]]; then
+    trap - INT TERM
+    say "DETACH=1: everything keeps running; stop it with: make down"
+    return
+  fi
+  say "running; Ctrl-C stops everything (services, stack)"
+  while :; do sleep 3600 & wait $!; done
 }
 
 down() {
-  for name in "${services[@]}"; do
-    local pidfile=$run/$name.pid
+  if supervisor_running && [[ -f $services_conf ]]; then
+    sctl stop 'urna:*' >/dev/null 2>&1 || true
+    say "services stopped"
+  fi
+  rm -f "$services_conf"
+  # Services of urna versions before the supervisor ran them, by their pid files.
+  local pidfile
+  for pidfile in "$RUN_DIR"/{wasm-host,grpc-server,grpc-client,consumer-1,consumer-2,api}.pid; do
     [[ -f $pidfile ]] || continue
-    local pid; pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid"
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-      log "$name stopped"
-    fi
+    kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
     rm -f "$pidfile"
   done
   stack/down.sh
@@ -172,9 +247,9 @@ start_built() {
   pick_wasm_runtime
   local exe
   for exe in urna-host urna-grpc-server urna-grpc-client urna-consumer urna-api; do
-    [[ -x $bin/$exe ]] || { log "$bin/$exe is missing: build it first (make up, or cargo build)"; exit 1; }
+    [[ -x $bin/$exe ]] || { say "$bin/$exe is missing: build it first (make up, or cargo build)"; exit 1; }
   done
-  [[ -f $module_dir/vote_module.wasm ]] || { log "$module_dir/vote_module.wasm is missing: make modules"; exit 1; }
+  [[ -f $module_dir/vote_module.wasm ]] || { say "$module_dir/vote_module.wasm is missing: make modules"; exit 1; }
   start_services
 }
 

@@ -23,7 +23,7 @@ def main() -> int:
         print(f"{band:<20} {album:<24} {albums[key]:>6} {rank_sum.get(key, 0) / albums[key]:>8.2f}")
     print("by producer:", ", ".join(f"{k} {v}" for k, v in sorted(hgetall("votes:sources").items())))
 
-    url = os.environ.get("URNA_MONGO_URL", "mongodb://127.0.0.1:27017")
+    url = os.environ.get("URNA_MONGO_URL") or "mongodb://127.0.0.1:%s" % os.environ.get("URNA_MONGO_PORT", "27017")
     logs = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)["urna"]["logs"]
     print(f"\nMongoDB urna.logs: {logs.count_documents({})} documents; newest 3:")
     for doc in logs.find().sort("logged_at", pymongo.DESCENDING).limit(3):
