@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 if [[ ${1:-} == --list ]]; then exec python3 scripts/doc_test.py --list; fi
 
-# The private pipeline is the Locust tests' (locust/tests/conftest.py); its packages too.
-python3 -m pip install -q --disable-pip-version-check -r locust/requirements.txt
+# Locust for the docs' load commands; redis and pymongo for the private pipeline
+# (testkit/py/urna_pipeline.py, shared with the e2e suite, drops its state with them).
+python3 -m pip install -q --disable-pip-version-check -r locust/requirements.txt -r e2e/requirements.txt
 cargo build -q -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api
 cargo build -q -p vote-module --target wasm32-wasip1 --profile wasm
 

@@ -15,7 +15,7 @@ Which blocks run (the rules are also in docs/manual.md, "Commands in these docs"
 - Relative links (files, images, `#anchors` in Markdown files) must resolve.
 
 The commands talk to a private pipeline this script starts from the debug build (both
-producers, a consumer member, the API) on free ports with its own topic, consumer group,
+producers, a consumer member, the API; testkit/py/urna_pipeline.py) on free ports with its own topic, consumer group,
 Redis prefix and Mongo collection, so it runs beside `make up` and other tests. The docs'
 default addresses (localhost:8081, 127.0.0.1:8080, …) and Redis keys (`votes:bands`, …) are
 rewritten to the private ones before a block runs; the report prints each block as run.
@@ -38,12 +38,15 @@ DEFAULT_FILES = ["docs/manual.md", "README.md"]
 BLOCK_TIMEOUT_S = 150
 
 # Commands of README.md (whose markers are not ours to add) that are run elsewhere, or
-# cannot run here: exact command text (continuation lines joined) → where it is covered.
+# cannot run here: exact command text (continuation lines joined, comment dropped) → which
+# test runs it, or why none can.
 COVERED = {
-    "make up": "the end-to-end suite (make e2e, e2e/) and CI; doc-test runs the same services via a private pipeline",
-    "make test": ".ci/run, which is exactly `make test` (this doc-test is one of its suites)",
+    "make up": "no test: it builds release binaries (20-30 min on a clean clone) and holds the default ports "
+               "until Ctrl-C; its services, from the debug build, run on private pipelines in the e2e, Locust, "
+               "UI and doc-test suites",
+    "make test": "covered by .ci/run, which is exactly `make test` (this doc-test is one of its suites)",
     "wasmtime run target/wasm32-wasip1/wasm/vote.wasm < locust/data/sample-votes.jsonl":
-        "no wasmtime CLI here; vote.wasm under wasmtime (the library) is run by cargo test -p vote-module (tests/runtime.rs)",
+        "no wasmtime CLI here; covered by cargo test -p vote-module (tests/runtime.rs runs vote.wasm under wasmtime, the library)",
     "wasmedge compile target/wasm32-wasip1/wasm/vote.wasm /tmp/vote.aot.wasm":
         "no WasmEdge here (no registry serves it); see host/README.md, 'What was verified where'",
     "wasmedge run --run-mode aot /tmp/vote.aot.wasm < locust/data/sample-votes.jsonl":
@@ -137,7 +140,7 @@ def prepare(block: Block, used: set[str]) -> str:
         if bare in COVERED:
             used.add(bare)
             block.covered.append((bare, COVERED[bare]))
-            out.append(f"echo {shq('[doc-test] covered elsewhere: ' + bare)}")
+            out.append(f"echo {shq('[doc-test] not run here (see COVERED): ' + bare)}")
             continue
         m = EXPECT.search(lines[last])
         if not m:
@@ -184,31 +187,29 @@ def run_block(script: str, env: dict[str, str], log: Path) -> tuple[int, float]:
 
 
 def start_pipeline(tmp: Path):
-    """The Locust tests' private pipeline (producers + consumer), plus the API beside it."""
-    sys.path.insert(0, str(ROOT / "locust" / "tests"))
-    from conftest import Pipeline, free_port, ready  # noqa: E402  (one implementation of it)
+    """The suites' shared private pipeline (testkit/py/urna_pipeline.py: both producers, one
+    consumer member), plus the API reading that member's counts and logs."""
+    sys.path.insert(0, str(ROOT / "testkit" / "py"))
+    from urna_pipeline import Pipeline, Service, free_port  # noqa: E402
 
-    p = Pipeline(tmp)
-    p.start()
+    p = Pipeline("doc-test", tmp, members=1)
     api_port = free_port()
-    env = {**os.environ, "RUST_LOG": "warn", "URNA_LISTEN": f"127.0.0.1:{api_port}",
-           "URNA_KAFKA_BROKERS": p.brokers, "URNA_KAFKA_TOPIC": p.topic, "URNA_GROUP_ID": p.group,
-           "URNA_REDIS_PREFIX": p.prefix, "URNA_MONGO_COLLECTION": p.collection,
-           "URNA_REDIS_URL": f"redis://127.0.0.1:{p.redis_port}", "URNA_MONGO_URL": p.mongo_url,
-           "URNA_RACE_PRODUCERS": f"wasm={p.wasm_url},grpc={p.grpc_url}",
-           "URNA_WEB_DIR": str(ROOT / "ui/web/dist")}
-    api_log = open(tmp / "api.log", "wb")
-    api = subprocess.Popen([str(p.bin / "urna-api")], env=env, stdout=api_log, stderr=subprocess.STDOUT)
-    p.procs.append(("api", api))  # so p.stop() ends it too
-    deadline = time.monotonic() + 60
-    while not ready(f"http://127.0.0.1:{api_port}/readyz"):
-        if api.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"urna-api not ready (log: {tmp / 'api.log'})")
-        time.sleep(0.2)
+    member = p.services[p.members[0]].env
+    p.services["api"] = Service("api", "urna-api", {
+        **{k: member[k] for k in ("URNA_KAFKA_BROKERS", "URNA_KAFKA_TOPIC", "URNA_GROUP_ID", "URNA_REDIS_PREFIX",
+                                  "URNA_REDIS_URL", "URNA_MONGO_URL", "URNA_MONGO_DB", "URNA_MONGO_COLLECTION")},
+        "URNA_LISTEN": f"127.0.0.1:{api_port}",
+        "URNA_RACE_PRODUCERS": f"wasm={p.wasm_url},grpc={p.grpc_url}",
+        "URNA_WEB_DIR": str(ROOT / "ui/web/dist")}, f"http://127.0.0.1:{api_port}")
+    try:
+        p.start()
+    except BaseException:
+        p.stop()
+        p.drop_state()
+        raise
     port_of = lambda url: int(url.rsplit(":", 1)[1])  # noqa: E731
     ports = {"api": api_port, "wasm": port_of(p.wasm_url), "grpc": port_of(p.grpc_url),
-             "consumer": port_of(p.consumer_url),
-             "grpc_metrics": port_of(p.services[1][3])}
+             "consumer": port_of(p.member_url()), "grpc_metrics": port_of(p.grpc_server_metrics)}
     return p, ports
 
 
@@ -271,7 +272,7 @@ def main() -> int:
         return 1
     for b, _ in runnable:
         for cmd, where in b.covered:
-            print(f"[doc-test] {b.file}:{b.line}: `{cmd}` covered by {where}")
+            print(f"[doc-test] {b.file}:{b.line}: `{cmd}` not run here: {where}")
     if args.list:
         for b, script in runnable:
             print(f"--- run {b.file}:{b.line}\n{script}", end="")
@@ -299,6 +300,7 @@ def main() -> int:
                     failed.append(f"{b.file}:{b.line}")
         finally:
             pipeline.stop()
+            pipeline.drop_state()
     print(f"\n[doc-test] {len(runnable) - len(failed)} of {len(runnable)} blocks passed "
           f"in {time.monotonic() - t_all:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
