@@ -15,6 +15,15 @@ if [[ ${1:-} == --list ]]; then exec python3 scripts/doc_test.py --list; fi
 python3 -m pip install -q --disable-pip-version-check -r locust/requirements.txt -r e2e/requirements.txt
 cargo build -q -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api
 cargo build -q -p vote-module --target wasm32-wasip1 --profile wasm
+# The screenshot command needs what scripts/ui-test.sh installs and builds (it runs before
+# this suite in make test); alone, build the web app here and name what is missing.
+for exe in /usr/bin/chromium /usr/sbin/nginx; do
+  [[ -x $exe ]] || { echo "doc-test: $exe is missing: run scripts/ui-test.sh once (it installs it)" >&2; exit 1; }
+done
+if [[ ! -f ui/web/dist/index.html ]]; then
+  [[ -f ui/web/node_modules/.package-lock.json ]] || (cd ui/web && npm ci --no-audit --no-fund)
+  (cd ui/web && npm run -s build)
+fi
 
 started_stack=0
 if ! stack/status.sh --quiet; then
