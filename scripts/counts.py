@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The counts check of `make up`, against the running local pipeline:
 
+    counts.py behind             print how many records in Kafka are not counted yet
     counts.py drain              wait until the consumers have applied everything Kafka
                                  holds for the topic (a backlog of an earlier run included)
     counts.py snapshot F         record the producers' 202s and Redis's total into F
@@ -51,18 +52,19 @@ def snapshot() -> dict:
     return {"accepted": {p: accepted(u) for p, u in PRODUCERS.items()}, "total": int(r().get(PREFIX + ":total") or 0)}
 
 
+def behind(ends: dict[int, int]) -> int:
+    """Records up to `ends` (partition → end offset) that Redis has not counted yet."""
+    stored = {int(k): int(v) for k, v in r().hgetall("%s:offsets:%s" % (PREFIX, GROUP)).items()}
+    return sum(max(0, end - stored.get(p, 0)) for p, end in ends.items())
+
+
 def drain(timeout: float) -> int:
     """Waits until Redis's stored offsets reach Kafka's end offsets; returns the records
     that were still to apply when it started."""
     ends = kafka_end_offsets(TOPIC)
-    key = "%s:offsets:%s" % (PREFIX, GROUP)
-
-    def behind() -> int:
-        stored = {int(k): int(v) for k, v in r().hgetall(key).items()}
-        return sum(max(0, end - stored.get(p, 0)) for p, end in ends.items())
-    backlog = behind()
+    backlog = behind(ends)
     deadline = time.monotonic() + timeout
-    while (left := behind()) > 0:
+    while (left := behind(ends)) > 0:
         if time.monotonic() > deadline:
             raise SystemExit("counts: the consumers are still %d records behind Kafka after %.0f s" % (left, timeout))
         time.sleep(0.25)
@@ -71,10 +73,13 @@ def drain(timeout: float) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["drain", "snapshot", "check"])
+    ap.add_argument("command", choices=["behind", "drain", "snapshot", "check"])
     ap.add_argument("file", nargs="?", type=Path)
     ap.add_argument("--timeout", type=float, default=180)
     args = ap.parse_args()
+    if args.command == "behind":
+        print(behind(kafka_end_offsets(TOPIC)))
+        return 0
     if args.command == "drain":
         backlog = drain(args.timeout)
         print("backlog drained: %d records of an earlier run applied" % backlog if backlog else "no backlog")
