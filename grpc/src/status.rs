@@ -86,7 +86,8 @@ pub fn publish_status(err: &PublishError) -> Status {
 /// What the HTTP front answers for a failed `Cast`:
 /// INVALID_ARGUMENT (ours) → the logic's 400/413/422 and body; UNAVAILABLE,
 /// DEADLINE_EXCEEDED and CANCELLED (a deadline expiring on either side; the server
-/// going away) → 503 + Retry-After; RESOURCE_EXHAUSTED → 429; anything else → 500.
+/// going away), and a transport failure of this side (UNKNOWN with a source) → 503 +
+/// Retry-After; RESOURCE_EXHAUSTED → 429; anything else → 500.
 pub fn cast_error(status: &Status) -> CastError {
     match status.code() {
         Code::InvalidArgument => match rejection_of(status) {
@@ -101,6 +102,13 @@ pub fn cast_error(status: &Status) -> CastError {
         },
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             CastError::Unavailable(status.message().to_owned())
+        }
+        // Not an answer from the server but this side's transport failing mid-call (tonic
+        // keeps the error as the source): the server went away, with the vote or
+        // without it — the 503 of "A 503 means not written", which a retry with the
+        // Idempotency-Key resolves.
+        Code::Unknown if std::error::Error::source(status).is_some() => {
+            CastError::Unavailable(format!("connection to the vote server lost: {status}"))
         }
         Code::ResourceExhausted => CastError::Overloaded(status.message().to_owned()),
         code => CastError::Internal(format!("gRPC {code:?}: {}", status.message())),
@@ -162,6 +170,18 @@ mod tests {
             assert_eq!(r, rejection(&err));
             assert_eq!(rejection_body(&r), err.body_json());
         }
+    }
+
+    #[test]
+    fn a_connection_lost_mid_call_is_a_503_an_unknown_answer_a_500() {
+        let lost = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "transport error",
+        )));
+        assert_eq!(lost.code(), Code::Unknown);
+        assert!(matches!(cast_error(&lost), CastError::Unavailable(_)));
+        let answered = Status::new(Code::Unknown, "the server said so");
+        assert!(matches!(cast_error(&answered), CastError::Internal(_)));
     }
 
     #[test]
