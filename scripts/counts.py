@@ -31,7 +31,8 @@ import redis  # noqa: E402
 from promtext import parse_metrics  # noqa: E402
 from urna_pipeline import kafka_end_offsets  # noqa: E402
 
-PRODUCERS = {"wasm": "http://127.0.0.1:8081", "grpc": "http://127.0.0.1:8082"}
+_OFFSET = int(os.environ.get("URNA_PORT_OFFSET", "0"))  # scripts/pipeline.sh's
+PRODUCERS = {"wasm": "http://127.0.0.1:%d" % (8081 + _OFFSET), "grpc": "http://127.0.0.1:%d" % (8082 + _OFFSET)}
 TOPIC = os.environ.get("URNA_KAFKA_TOPIC", "votes")
 GROUP = os.environ.get("URNA_GROUP_ID", "urna-counter")
 PREFIX = os.environ.get("URNA_REDIS_PREFIX", "votes")

@@ -41,9 +41,8 @@ BLOCK_TIMEOUT_S = 150
 # cannot run here: exact command text (continuation lines joined, comment dropped) → which
 # test runs it, or why none can.
 COVERED = {
-    "make up": "no test: it builds release binaries (20-30 min on a clean clone) and holds the default ports "
-               "until Ctrl-C; its services, from the debug build, run on private pipelines in the e2e, Locust, "
-               "UI and doc-test suites",
+    "make up": "covered by e2e/test_make_up.py: `make up` itself with URNA_PROFILE=debug, DETACH=1 and a short "
+               "load, on a stack and ports of its own (the release build is the one thing it does not do)",
     "make test": "covered by .ci/run, which is exactly `make test` (this doc-test is one of its suites)",
     "wasmtime run target/wasm32-wasip1/wasm/vote.wasm < locust/data/sample-votes.jsonl":
         "no wasmtime CLI here; covered by cargo test -p vote-module (tests/runtime.rs runs vote.wasm under wasmtime, the library)",

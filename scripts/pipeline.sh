@@ -10,6 +10,9 @@
 #   scripts/pipeline.sh start  start stack + services from binaries already built
 #                              (URNA_PROFILE=release|debug, default release); no build, no load
 #   scripts/pipeline.sh down   stop the services and the stack
+# URNA_PROFILE=debug builds and runs the debug binaries instead (the e2e suite's test of
+# `make up`); URNA_PORT_OFFSET=n moves every service port by n (8080+n, 8081+n, …), for a
+# second pipeline beside the first, with its own stack (URNA_STACK_DIR, URNA_*_PORT).
 # The services run under the stack's supervisord (program group `urna`), which restarts
 # one that crashes; logs: .stack/logs/<service>.log; `stack/ctl.sh status` shows them all.
 set -euo pipefail
@@ -19,6 +22,10 @@ root=$PWD
 source stack/lib/common.sh
 profile=${URNA_PROFILE:-release}
 bin=$root/target/$profile
+o=${URNA_PORT_OFFSET:-0}
+api_port=$((8080 + o)) wasm_port=$((8081 + o)) grpc_port=$((8082 + o)) locust_port=$((8089 + o))
+grpc_server_port=$((50051 + o)) grpc_metrics_port=$((9110 + o))
+member_ports=($((9101 + o)) $((9102 + o)))
 load_seconds=${LOAD_SECONDS:-60}
 load_rate=${LOAD_RATE:-100}
 services=(wasm-host grpc-server grpc-client consumer-1 consumer-2 api)
@@ -65,21 +72,22 @@ refuse_second_up() {
   exec 9>"$up_lock"
   if ! flock -n 9; then
     say "urna is already running in the foreground (pid $(cat "$up_lock.pid" 2>/dev/null || echo '?')):"
-    say "open http://127.0.0.1:8080/, or stop it with Ctrl-C there or with: make down"
+    say "open http://127.0.0.1:$api_port/, or stop it with Ctrl-C there or with: make down"
     exit 1
   fi
   echo $$ >"$up_lock.pid"
   local running; running=$(running_services)
   if [[ -n $running ]]; then
     say "urna is already running (detached): $(echo "$running" | tr '\n' ' ')"
-    say "open http://127.0.0.1:8080/, or stop it first with: make down"
+    say "open http://127.0.0.1:$api_port/, or stop it first with: make down"
     exit 1
   fi
 }
 
 build() {
-  say "building release binaries and the vote modules"
-  cargo build --release -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api "${host_features[@]}"
+  say "building $profile binaries and the vote modules"
+  local release=(); [[ $profile == release ]] && release=(--release)
+  cargo build "${release[@]}" -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api "${host_features[@]}"
   cargo build -p vote-module --target wasm32-wasip1 --profile wasm
   say "building the web app (ui/web)"
   if [[ ! -f ui/web/node_modules/.package-lock.json || ui/web/package-lock.json -nt ui/web/node_modules/.package-lock.json ]]; then
@@ -130,12 +138,12 @@ write_services_conf() {
     echo "; written by scripts/pipeline.sh; removed by make down"
     echo "[group:urna]"
     echo "programs=$(IFS=,; echo "${services[*]}")"
-    program wasm-host 100 "URNA_LISTEN=\"127.0.0.1:8081\",URNA_MODULE_DIR=\"$module_dir\",URNA_WASM_RUNTIME=\"$wasm_runtime\"$wasm_env" "$bin/urna-host"
-    program grpc-server 100 "URNA_GRPC_LISTEN=\"127.0.0.1:50051\"" "$bin/urna-grpc-server"
-    program grpc-client 110 "URNA_LISTEN=\"127.0.0.1:8082\",URNA_GRPC_SERVER_URL=\"http://127.0.0.1:50051\"" "$bin/urna-grpc-client"
-    program consumer-1 100 "URNA_LISTEN=\"127.0.0.1:9101\",URNA_MEMBER_NAME=\"consumer-1\"" "$bin/urna-consumer"
-    program consumer-2 100 "URNA_LISTEN=\"127.0.0.1:9102\",URNA_MEMBER_NAME=\"consumer-2\"" "$bin/urna-consumer"
-    program api 120 "URNA_LISTEN=\"127.0.0.1:8080\",URNA_WEB_DIR=\"$root/ui/web/dist\"" "$bin/urna-api"
+    program wasm-host 100 "URNA_LISTEN=\"127.0.0.1:$wasm_port\",URNA_MODULE_DIR=\"$module_dir\",URNA_WASM_RUNTIME=\"$wasm_runtime\"$wasm_env" "$bin/urna-host"
+    program grpc-server 100 "URNA_GRPC_LISTEN=\"127.0.0.1:$grpc_server_port\",URNA_METRICS_LISTEN=\"127.0.0.1:$grpc_metrics_port\"" "$bin/urna-grpc-server"
+    program grpc-client 110 "URNA_LISTEN=\"127.0.0.1:$grpc_port\",URNA_GRPC_SERVER_URL=\"http://127.0.0.1:$grpc_server_port\"" "$bin/urna-grpc-client"
+    program consumer-1 100 "URNA_LISTEN=\"127.0.0.1:${member_ports[0]}\",URNA_MEMBER_NAME=\"consumer-1\"" "$bin/urna-consumer"
+    program consumer-2 100 "URNA_LISTEN=\"127.0.0.1:${member_ports[1]}\",URNA_MEMBER_NAME=\"consumer-2\"" "$bin/urna-consumer"
+    program api 120 "URNA_LISTEN=\"127.0.0.1:$api_port\",URNA_WEB_DIR=\"$root/ui/web/dist\",URNA_RACE_PRODUCERS=\"wasm=http://127.0.0.1:$wasm_port,grpc=http://127.0.0.1:$grpc_port\"" "$bin/urna-api"
   } >"$services_conf.tmp"
   mv "$services_conf.tmp" "$services_conf"
 }
@@ -168,21 +176,21 @@ start_services() {
   sctl reread >/dev/null
   sctl update urna >/dev/null
   sctl start 'urna:*' >/dev/null 2>&1 || true
-  wait_ready wasm-host http://127.0.0.1:8081/readyz
+  wait_ready wasm-host "http://127.0.0.1:$wasm_port/readyz"
   say "Wasm producer runtime: $wasm_runtime"
-  wait_ready grpc-client http://127.0.0.1:8082/readyz
-  wait_ready consumer-1 http://127.0.0.1:9101/readyz
-  wait_ready consumer-2 http://127.0.0.1:9102/readyz
-  wait_ready api http://127.0.0.1:8080/readyz
+  wait_ready grpc-client "http://127.0.0.1:$grpc_port/readyz"
+  wait_ready consumer-1 "http://127.0.0.1:${member_ports[0]}/readyz"
+  wait_ready consumer-2 "http://127.0.0.1:${member_ports[1]}/readyz"
+  wait_ready api "http://127.0.0.1:$api_port/readyz"
 }
 
 where_to_look() {
   echo
-  say "web app (live votes, charts, the race):  http://127.0.0.1:8080/"
-  [[ ${LOCUST_UI:-0} == 1 ]] && say "Locust web UI (start a swarm there):      http://127.0.0.1:8089/"
+  say "web app (live votes, charts, the race):  http://127.0.0.1:$api_port/"
+  [[ ${LOCUST_UI:-0} == 1 ]] && say "Locust web UI (start a swarm there):      http://127.0.0.1:$locust_port/"
   say "logs API /api/logs, results /api/results, race /api/race (same port)"
-  say "metrics: Wasm producer :8081/metrics, gRPC front :8082/metrics, gRPC server :9110/metrics,"
-  say "         consumers :9101/metrics :9102/metrics, API :8080/metrics"
+  say "metrics: Wasm producer :$wasm_port/metrics, gRPC front :$grpc_port/metrics, gRPC server :$grpc_metrics_port/metrics,"
+  say "         consumers :${member_ports[0]}/metrics :${member_ports[1]}/metrics, API :$api_port/metrics"
   say "services: stack/ctl.sh status; logs: $LOG_DIR/<service>.log"
 }
 
@@ -190,9 +198,10 @@ locust_pid=""
 load() {
   local votes=$RUN_DIR/votes.jsonl
   [[ -s $votes ]] || python3 locust/gen_votes.py --count 20000 --invalid-share 0.05 --seed 1 --out "$votes"
-  local common=(-f locust/locustfile.py --votes "$votes" --vote-rate "$load_rate" -u 32 -r 32)
+  local common=(-f locust/locustfile.py --votes "$votes" --vote-rate "$load_rate" -u 32 -r 32
+    --wasm-host "http://127.0.0.1:$wasm_port" --grpc-host "http://127.0.0.1:$grpc_port")
   if [[ ${LOCUST_UI:-0} == 1 ]]; then
-    python3 -m locust "${common[@]}" --web-host 127.0.0.1 --web-port 8089 >"$LOG_DIR/locust.log" 2>&1 &
+    python3 -m locust "${common[@]}" --web-host 127.0.0.1 --web-port "$locust_port" >"$LOG_DIR/locust.log" 2>&1 &
     locust_pid=$!
     return
   fi
@@ -210,7 +219,6 @@ load() {
 }
 
 up() {
-  [[ $profile == release ]] || { say "up builds release binaries; URNA_PROFILE=$profile is for start"; exit 2; }
   refuse_second_up
   pick_wasm_runtime
   build
