@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: measurements that need no load generator, written to docs/benchmarks.md.
-#  - the vote logic per vote: native vs one fresh Wasm instance (host/benches/invoke.rs);
+#  - the vote logic per vote: native vs one fresh Wasm instance, before/after the cheap
+#    Wasm path in the same run (host/benches/invoke.rs), and the steps of one fresh
+#    instance and the hand-off alone (host/benches/fresh.rs);
 #  - consumer throughput into both sinks, batched vs batch size 1 (consumer/examples/throughput.rs).
 # Each figure comes from this one run on this machine; compare figures of the same run only.
 set -euo pipefail
@@ -17,6 +19,11 @@ echo "[bench] vote logic: native vs Wasm"
 # Paths relative to the repository: the report must not name this machine's folders.
 invoke=$(cargo bench -q -p urna-host --bench invoke 2>/dev/null | sed "s#$PWD/[^ ]*/\.\./#./#g; s#$PWD/#./#g")
 echo "$invoke"
+echo "[bench] steps of one fresh instance, old pool settings vs the host's"
+fresh_old=$(URNA_FRESH_KEEP_RESIDENT_KB=0 URNA_FRESH_WORK_US=15 cargo bench -q -p urna-host --bench fresh 2>/dev/null)
+fresh_new=$(URNA_FRESH_WORK_US=15 cargo bench -q -p urna-host --bench fresh 2>/dev/null)
+echo "$fresh_old"
+echo "$fresh_new"
 echo "[bench] consumer throughput ($records records)"
 consumer=$(target/release/examples/throughput "$records" 500 1 2>/dev/null)
 echo "$consumer"
@@ -37,11 +44,25 @@ echo "$consumer"
   echo "\`cargo bench -p urna-host --bench invoke\`: \`native\` is \`urna_vote::handle\` + protobuf"
   echo "encode (the gRPC server's work); \`wasm *\` is one fresh wasmtime instance of"
   echo "\`vote_module.wasm\` per vote (the Wasm host's work); \`backend decide\` adds the host's"
-  echo "semaphore and \`spawn_blocking\` hand-off; \`wasm run \`{\`\` is the run with a 1-byte"
-  echo "malformed body (almost no logic: the fixed cost of a fresh instance). No HTTP, no Kafka."
+  echo "semaphore and hand-off, from a task on a tokio worker; \`wasm run \`{\`\` is the run with"
+  echo "a 1-byte malformed body (almost no logic: the fixed cost of a fresh instance). No HTTP,"
+  echo "no Kafka. Every Wasm line twice, interleaved vote by vote: \`[before]\` = the host's"
+  echo "old settings (no pool memory kept resident: each slot reset by \`madvise\` and faulted"
+  echo "in again; \`spawn_blocking\` hand-off), \`[after]\` = its defaults (1 MiB kept resident,"
+  echo "reset in place via \`PAGEMAP_SCAN\`; \`block_in_place\`). host/README.md explains both."
   echo
   echo '```text'
   echo "$invoke"
+  echo '```'
+  echo
+  echo "\`cargo bench -p urna-host --bench fresh\` with \`URNA_FRESH_WORK_US=15\`, first with"
+  echo "\`URNA_FRESH_KEEP_RESIDENT_KB=0\` (old), then with the defaults: the steps of one fresh"
+  echo "instance with a 1-byte body, then the hand-off alone of a call spinning 15 µs"
+  echo "(\`spawn_blocking\` + await vs \`block_in_place\`, from a task on a tokio worker)."
+  echo
+  echo '```text'
+  echo "$fresh_old"
+  echo "$fresh_new"
   echo '```'
   echo
   echo "## Consumer throughput into Redis and MongoDB"

@@ -5,10 +5,16 @@
 //!   `vote_module.wasm` per vote (the Wasm producer's per-request work);
 //! - ``wasm run `{` ``: the run with a 1-byte malformed body, i.e. the fixed cost of an
 //!   instance with almost no logic in it;
-//! - `backend decide`: the same through the host's backend from async code
-//!   (semaphore + `spawn_blocking` hand-off + invoke + result check);
+//! - `backend decide`: the same through the host's backend, from a task on a tokio
+//!   worker as in the host (semaphore + hand-off + invoke + result check);
 //! - `healthz (looping)`: `GET /healthz` of a host whose every invocation slot is
 //!   held by a looping module (the time the host tests no longer assert).
+//!
+//! Every Wasm line is measured twice, interleaved vote by vote in this one run:
+//! `[before]` with the settings the host had before the Wasm path was made cheap (no
+//! pool memory kept resident, so every slot is reset by `madvise` and faulted in again;
+//! `spawn_blocking` hand-off) and `[after]` with the host's defaults
+//! (`URNA_WASM_KEEP_RESIDENT_KB` with `PAGEMAP_SCAN`; `block_in_place`).
 //!
 //! `cargo bench -p urna-host --bench invoke` (needs `make modules`). Prints
 //! percentiles; asserts nothing. `URNA_BENCH_ITERS` sets the sample size.
@@ -19,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use urna_host::backend::Handoff;
 use urna_host::runtime::{self, Limits, RunMode};
 
 fn module_path() -> PathBuf {
@@ -49,7 +56,7 @@ impl Stats {
         let pct = |p: f64| self.0[((n as f64 * p) as usize).min(n - 1)];
         let mean = self.0.iter().sum::<Duration>() / n as u32;
         println!(
-            "{name:<18} n={n:<7} p50={:>9.2?} p90={:>9.2?} p99={:>9.2?} p99.9={:>9.2?} mean={:>9.2?}",
+            "{name:<27} n={n:<7} p50={:>9.2?} p90={:>9.2?} p99={:>9.2?} p99.9={:>9.2?} mean={:>9.2?}",
             pct(0.50),
             pct(0.90),
             pct(0.99),
@@ -57,6 +64,16 @@ impl Stats {
             mean
         );
     }
+}
+
+/// Samples of one variant (`[before]` or `[after]`).
+#[derive(Default)]
+struct Variant {
+    inst: Vec<Duration>,
+    run: Vec<Duration>,
+    run_trivial: Vec<Duration>,
+    total: Vec<Duration>,
+    decide: Vec<Duration>,
 }
 
 fn main() {
@@ -67,7 +84,7 @@ fn main() {
     let runtime_name = std::env::var("URNA_WASM_RUNTIME").unwrap_or_else(|_| "wasmtime".into());
     let bytes = std::fs::read(module_path())
         .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", module_path().display()));
-    let limits = Limits {
+    let after_limits = Limits {
         cpu_budget: Duration::from_millis(100),
         wall_limit: Duration::from_millis(1_000),
         memory_bytes: 16 << 20,
@@ -75,17 +92,33 @@ fn main() {
         keep_resident_bytes: std::env::var("URNA_WASM_KEEP_RESIDENT_KB")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0)
+            .unwrap_or(urna_host::Settings::default().wasm_keep_resident_kb as usize)
             << 10,
     };
-    let rt = runtime::by_name(&runtime_name, limits, RunMode::Auto).unwrap();
-    let compile = Instant::now();
-    let module = rt.load(&bytes).unwrap();
+    let before_limits = Limits {
+        keep_resident_bytes: 0,
+        ..after_limits
+    };
+    let limits = [before_limits, after_limits];
+    let handoffs = [Handoff::BlockingPool, Handoff::InPlace];
+    let names = ["[before]", "[after]"];
+    let modules: Vec<_> = limits
+        .iter()
+        .map(|l| {
+            let rt = runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap();
+            let compile = Instant::now();
+            let module = rt.load(&bytes).unwrap();
+            (module, compile.elapsed())
+        })
+        .collect();
     println!(
-        "runtime={runtime_name} module={} ({} bytes) compile+ABI check {:?}",
+        "runtime={runtime_name} module={} ({} bytes) compile+ABI check {:?}; \
+         keep_resident [before] 0 KiB, [after] {} KiB; PAGEMAP_SCAN available: {}",
         module_path().display(),
         bytes.len(),
-        compile.elapsed()
+        modules[1].1,
+        after_limits.keep_resident_bytes >> 10,
+        wasmtime::PoolingAllocationConfig::is_pagemap_scan_available()
     );
     let votes = votes();
     let ballot = urna_vote::Ballot::builtin();
@@ -110,84 +143,107 @@ fn main() {
         }
     }
 
-    // Wasm: a fresh instance per vote.
-    let (mut inst, mut run, mut total) = (
-        Vec::with_capacity(iters),
-        Vec::with_capacity(iters),
-        Vec::with_capacity(iters),
-    );
+    let mut variants: [Variant; 2] = Default::default();
+    // Wasm: a fresh instance per vote, the two variants taking turns.
     for i in 0..iters + 1000 {
         let body = &votes[i % votes.len()];
-        let started = Instant::now();
-        let invocation = module.invoke(body, uuid::Uuid::now_v7(), 1);
-        let elapsed = started.elapsed();
-        assert!(invocation.result.is_ok());
-        if i >= 1000 {
-            inst.push(invocation.instantiate);
-            run.push(invocation.run);
-            total.push(elapsed);
+        for (v, (module, _)) in variants.iter_mut().zip(&modules) {
+            let started = Instant::now();
+            let invocation = module.invoke(body, uuid::Uuid::now_v7(), 1);
+            let elapsed = started.elapsed();
+            assert!(invocation.result.is_ok());
+            if i >= 1000 {
+                v.inst.push(invocation.instantiate);
+                v.run.push(invocation.run);
+                v.total.push(elapsed);
+            }
         }
     }
 
     // The same with a 1-byte malformed body: the logic does almost nothing, so what
     // remains is the fixed cost of a fresh instance (memory set-up and teardown).
-    let mut run_trivial = Vec::with_capacity(iters);
     for i in 0..iters + 1000 {
-        let invocation = module.invoke(b"{", uuid::Uuid::now_v7(), 1);
-        assert!(invocation.result.is_ok());
-        if i >= 1000 {
-            run_trivial.push(invocation.run);
+        for (v, (module, _)) in variants.iter_mut().zip(&modules) {
+            let invocation = module.invoke(b"{", uuid::Uuid::now_v7(), 1);
+            assert!(invocation.result.is_ok());
+            if i >= 1000 {
+                v.run_trivial.push(invocation.run);
+            }
         }
     }
 
-    // Through the backend, from async code (includes the blocking-pool hand-off).
+    // Through the backend, from a task on a tokio worker (as a request in the host).
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let decide = tokio.block_on(async {
-        let dir = std::env::temp_dir().join(format!("urna-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
-        let slot = Arc::new(
-            urna_host::ModuleSlot::load(
-                runtime::by_name(&runtime_name, limits, RunMode::Auto).unwrap(),
-                dir.join(urna_host::MODULE_FILE),
+        let mut backends = Vec::new();
+        let mut dirs = Vec::new();
+        for (k, (l, handoff)) in limits.iter().zip(handoffs).enumerate() {
+            let dir = std::env::temp_dir().join(format!("urna-bench-{}-{k}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
+            let slot = Arc::new(
+                urna_host::ModuleSlot::load(
+                    runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap(),
+                    dir.join(urna_host::MODULE_FILE),
+                )
+                .unwrap(),
+            );
+            // Not connected until used: `decide` never publishes.
+            let publisher = urna_common::kafka::VotePublisher::new(
+                &urna_common::kafka::KafkaSettings::default(),
             )
-            .unwrap(),
-        );
-        // Not connected until used: `decide` never publishes.
-        let publisher =
-            urna_common::kafka::VotePublisher::new(&urna_common::kafka::KafkaSettings::default())
-                .unwrap();
-        let backend = urna_host::WasmBackend::new(slot, publisher, 16, Duration::from_secs(1));
-        let mut samples = Vec::with_capacity(iters);
-        for i in 0..iters + 1000 {
-            let body = bytes::Bytes::from(votes[i % votes.len()].clone());
-            let started = Instant::now();
-            let decision = backend.decide(body).await;
-            let elapsed = started.elapsed();
-            assert!(matches!(
-                decision,
-                Ok(urna_host::backend::Decision::Accept { .. })
-            ));
-            if i >= 1000 {
-                samples.push(elapsed);
-            }
+            .unwrap();
+            backends.push(
+                urna_host::WasmBackend::new(slot, publisher, 16, Duration::from_secs(1))
+                    .with_handoff(handoff),
+            );
+            dirs.push(dir);
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let votes = votes.clone();
+        let samples = tokio::spawn(async move {
+            let mut samples = [Vec::with_capacity(iters), Vec::with_capacity(iters)];
+            for i in 0..iters + 1000 {
+                for (s, backend) in samples.iter_mut().zip(&backends) {
+                    let body = bytes::Bytes::from(votes[i % votes.len()].clone());
+                    let started = Instant::now();
+                    let decision = backend.decide(body).await;
+                    let elapsed = started.elapsed();
+                    assert!(matches!(
+                        decision,
+                        Ok(urna_host::backend::Decision::Accept { .. })
+                    ));
+                    if i >= 1000 {
+                        s.push(elapsed);
+                    }
+                }
+            }
+            samples
+        })
+        .await
+        .unwrap();
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         samples
     });
+    for (v, d) in variants.iter_mut().zip(decide) {
+        v.decide = d;
+    }
 
     let healthz = tokio.block_on(healthz_while_looping(&runtime_name, iters.min(2_000)));
 
     Stats(native).report("native");
-    Stats(inst).report("wasm instantiate");
-    Stats(run).report("wasm run");
-    Stats(run_trivial).report("wasm run `{`");
-    Stats(total).report("wasm total");
-    Stats(decide).report("backend decide");
+    for (v, name) in variants.into_iter().zip(names) {
+        Stats(v.inst).report(&format!("wasm instantiate {name}"));
+        Stats(v.run).report(&format!("wasm run {name}"));
+        Stats(v.run_trivial).report(&format!("wasm run `{{` {name}"));
+        Stats(v.total).report(&format!("wasm total {name}"));
+        Stats(v.decide).report(&format!("backend decide {name}"));
+    }
     Stats(healthz).report("healthz (looping)");
 }
 

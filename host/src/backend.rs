@@ -1,14 +1,25 @@
 //! The `VoteBackend` of the Wasm producer.
 //!
-//! Where the Wasm call runs: on tokio's **blocking pool** (`spawn_blocking`), behind a
-//! semaphore of `max_instances` slots. Reasons:
-//! - an invocation is CPU-bound and may run until it is stopped (a looping module); on
-//!   an async worker it would stall every other connection of that worker (2 workers
-//!   on this machine) for that long, health checks included;
+//! Where the Wasm call runs: on the request's own thread, inside
+//! [`tokio::task::block_in_place`], behind a semaphore of `max_instances` slots
+//! ([`Handoff::InPlace`]). Reasons:
+//! - an invocation is CPU-bound and may run until it is stopped (a looping module); run
+//!   plainly on an async worker it would stall every other connection of that worker
+//!   (2 workers on this machine) for that long, health checks included.
+//!   `block_in_place` first hands the worker's other tasks to another thread, so they
+//!   keep running while this thread is in the module;
 //! - the invoking thread's CPU clock decides whose fault a stop is, so the invocation
-//!   must have a thread to itself for its duration;
-//! - the semaphore keeps the number of threads and pool slots bounded; the hand-off
-//!   costs a few microseconds, measured by `urna_wasm_queue_duration_seconds`.
+//!   must have a thread to itself for its duration: it does, the request's task waits
+//!   for nothing else meanwhile (the request deadline cannot pass during the call: the
+//!   wall limit fits inside it, [`crate::Settings::validate`]);
+//! - the semaphore keeps the number of threads and pool slots bounded.
+//!
+//! The earlier hand-off, `spawn_blocking` and awaiting its result ([`Handoff::BlockingPool`],
+//! still used on a current-thread runtime, where `block_in_place` is not allowed), costs
+//! two thread wake-ups per vote: ~16 µs at p50 on the 2-core development machine
+//! against ~4 µs for `block_in_place` (`cargo bench -p urna-host --bench fresh`, hand-off
+//! of a 15 µs call; docs/benchmarks.md). `urna_wasm_queue_duration_seconds` measures
+//! either.
 //!
 //! Time bounds, so that a 503 always means "not written": the wait for a slot is bounded
 //! by `URNA_WASM_SLOT_WAIT_MS` and the module's run by its wall limit
@@ -37,6 +48,18 @@ pub struct WasmBackend {
     publisher: VotePublisher,
     slots: Arc<Semaphore>,
     slot_wait: Duration,
+    handoff: Handoff,
+}
+
+/// How an invocation leaves the async code (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// `block_in_place` on a multi-thread runtime (the default); `spawn_blocking` on a
+    /// current-thread runtime.
+    #[default]
+    InPlace,
+    /// Always `spawn_blocking` and await it (kept to measure against).
+    BlockingPool,
 }
 
 /// What one run of the module decided.
@@ -74,7 +97,14 @@ impl WasmBackend {
             publisher,
             slots: Arc::new(Semaphore::new(max_instances)),
             slot_wait,
+            handoff: Handoff::default(),
         }
+    }
+
+    /// The same backend with another hand-off (for measurements).
+    pub fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = handoff;
+        self
     }
 
     /// Invocation slots free right now.
@@ -106,16 +136,22 @@ impl WasmBackend {
         let runtime = self.modules.runtime_name();
         let id = urna_common::stamp::new_vote_id();
         let at = urna_common::stamp::now_micros();
-        let invocation = tokio::task::spawn_blocking(move || {
+        let invoke = move || {
             let _permit = permit;
             metrics::histogram!("urna_wasm_queue_duration_seconds")
                 .record(queued.elapsed().as_secs_f64());
             deployed.module.invoke(&body, id, at)
-        })
-        .await
-        .map_err(|e| {
-            CastError::Internal(format!("vote module invocation did not complete: {e}"))
-        })?;
+        };
+        let in_place = self.handoff == Handoff::InPlace
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+        let invocation = if in_place {
+            tokio::task::block_in_place(invoke)
+        } else {
+            tokio::task::spawn_blocking(invoke).await.map_err(|e| {
+                CastError::Internal(format!("vote module invocation did not complete: {e}"))
+            })?
+        };
 
         let Invocation {
             result,

@@ -6,7 +6,7 @@
 //! 1. the router checks content type, size and the in-flight bound (415/413/429);
 //! 2. the backend stamps an id (UUID v7) and a time, waits (at most
 //!    `URNA_WASM_SLOT_WAIT_MS`) for one of `URNA_WASM_MAX_INSTANCES` invocation slots,
-//!    and runs the module on the blocking pool ([`backend`]): instantiate, call
+//!    and runs the module off the async workers ([`backend`]): instantiate, call
 //!    `urna_handle_vote`, drop the instance;
 //! 3. a rejection is answered exactly as the module says (400/413/422); a trap, a
 //!    burned CPU budget, memory blow-up or malformed result is a 500 for this request
@@ -71,7 +71,8 @@ pub struct Settings {
     /// beyond wait for a slot (bounded by `URNA_MAX_IN_FLIGHT` and the request deadline).
     pub wasm_max_instances: u32,
     /// `URNA_WASM_KEEP_RESIDENT_KB`: memory of a pooled instance slot kept resident
-    /// (zeroed on reuse, no page faults next time) instead of returned to the kernel.
+    /// (reset in place on reuse, no page faults next time) instead of returned to the
+    /// kernel. With Linux's `PAGEMAP_SCAN` only the pages an instance wrote are reset.
     pub wasm_keep_resident_kb: u64,
     /// Kafka, incl. `URNA_KAFKA_PROBE_INTERVAL_MS` and `URNA_SHUTDOWN_FLUSH_MS`.
     #[serde(flatten)]
@@ -93,7 +94,7 @@ impl Default for Settings {
             wasm_slot_wait_ms: 500,
             wasm_memory_mb: 16,
             wasm_max_instances: 0,
-            wasm_keep_resident_kb: 0,
+            wasm_keep_resident_kb: 1024,
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
         }

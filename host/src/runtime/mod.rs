@@ -69,8 +69,9 @@ pub struct Limits {
     /// Instances alive at once (the pooling allocator's size; the host admits no more
     /// concurrent invocations than this).
     pub max_instances: u32,
-    /// Bytes of each pooled memory kept resident and zeroed on reuse instead of being
-    /// given back to the kernel (wasmtime's `linear_memory_keep_resident`).
+    /// Bytes of each pooled memory kept resident and reset in place on reuse instead of
+    /// being given back to the kernel (wasmtime's `linear_memory_keep_resident`; with
+    /// `PAGEMAP_SCAN` only the pages the instance wrote are reset).
     pub keep_resident_bytes: usize,
 }
 

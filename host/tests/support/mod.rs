@@ -25,7 +25,8 @@ pub fn limits() -> Limits {
         wall_limit: WALL_LIMIT,
         memory_bytes: (MEMORY_MB << 20) as usize,
         max_instances: 8,
-        keep_resident_bytes: 0,
+        // As the host's default: the in-place reset is what the freshness tests check.
+        keep_resident_bytes: 1 << 20,
     }
 }
 
@@ -153,8 +154,9 @@ pub fn evil_module() -> Vec<u8> {
     )
 }
 
-/// Returns the 422 reply only if this instance is fresh: a global and a memory byte
-/// left from an earlier call turn the answer into garbage.
+/// Returns the 422 reply only if this instance is fresh: a global, a memory byte, a
+/// byte of a data segment, the memory size or a byte of grown memory left from an
+/// earlier call turn the answer into garbage.
 pub fn stateful_module() -> Vec<u8> {
     wat_module(
         1,
@@ -164,6 +166,14 @@ pub fn stateful_module() -> Vec<u8> {
     (if (i32.ne (global.get $calls) (i32.const 1)) (then (return (i64.const GARBAGE))))
     (if (i32.load8_u (i32.const 2000)) (then (return (i64.const GARBAGE))))
     (i32.store8 (i32.const 2000) (i32.const 1))
+    ;; The data segment's byte (a copy-on-write image page) as the image has it.
+    (if (i32.ne (i32.load8_u (i32.const 32)) (i32.const 9)) (then (return (i64.const GARBAGE))))
+    (i32.store8 (i32.const 32) (i32.const 0))
+    ;; Memory as declared, and a page past the part a pool slot keeps resident zeroed.
+    (if (i32.ne (memory.size) (i32.const 1)) (then (return (i64.const GARBAGE))))
+    (drop (memory.grow (i32.const 32)))
+    (if (i32.load8_u (i32.const 1900000)) (then (return (i64.const GARBAGE))))
+    (i32.store8 (i32.const 1900000) (i32.const 1))
 "#,
     )
 }
