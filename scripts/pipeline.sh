@@ -137,12 +137,17 @@ write_services_conf() {
   {
     echo "; written by scripts/pipeline.sh; removed by make down"
     echo "[group:urna]"
-    echo "programs=$(IFS=,; echo "${services[*]}")"
+    local programs=("${services[@]}")
+    [[ ${LOCUST_UI:-0} == 1 ]] && programs+=(locust)
+    echo "programs=$(IFS=,; echo "${programs[*]}")"
     program wasm-host 100 "URNA_LISTEN=\"127.0.0.1:$wasm_port\",URNA_MODULE_DIR=\"$module_dir\",URNA_WASM_RUNTIME=\"$wasm_runtime\"$wasm_env" "$bin/urna-host"
     program grpc-server 100 "URNA_GRPC_LISTEN=\"127.0.0.1:$grpc_server_port\",URNA_METRICS_LISTEN=\"127.0.0.1:$grpc_metrics_port\"" "$bin/urna-grpc-server"
     program grpc-client 110 "URNA_LISTEN=\"127.0.0.1:$grpc_port\",URNA_GRPC_SERVER_URL=\"http://127.0.0.1:$grpc_server_port\"" "$bin/urna-grpc-client"
     program consumer-1 100 "URNA_LISTEN=\"127.0.0.1:${member_ports[0]}\",URNA_MEMBER_NAME=\"consumer-1\"" "$bin/urna-consumer"
     program consumer-2 100 "URNA_LISTEN=\"127.0.0.1:${member_ports[1]}\",URNA_MEMBER_NAME=\"consumer-2\"" "$bin/urna-consumer"
+    if [[ ${LOCUST_UI:-0} == 1 ]]; then
+      program locust 130 "PYTHONUNBUFFERED=\"1\"" "$(command -v python3) -m locust $(locust_args) --web-host 127.0.0.1 --web-port $locust_port"
+    fi
     program api 120 "URNA_LISTEN=\"127.0.0.1:$api_port\",URNA_WEB_DIR=\"$root/ui/web/dist\",URNA_RACE_PRODUCERS=\"wasm=http://127.0.0.1:$wasm_port,grpc=http://127.0.0.1:$grpc_port\"" "$bin/urna-api"
   } >"$services_conf.tmp"
   mv "$services_conf.tmp" "$services_conf"
@@ -194,17 +199,22 @@ where_to_look() {
   say "services: stack/ctl.sh status; logs: $LOG_DIR/<service>.log"
 }
 
-locust_pid=""
-load() {
+# Locust's arguments for both producers (the votes file is made once per stack).
+locust_args() {
   local votes=$RUN_DIR/votes.jsonl
   [[ -s $votes ]] || python3 locust/gen_votes.py --count 20000 --invalid-share 0.05 --seed 1 --out "$votes"
-  local common=(-f locust/locustfile.py --votes "$votes" --vote-rate "$load_rate" -u 32 -r 32
-    --wasm-host "http://127.0.0.1:$wasm_port" --grpc-host "http://127.0.0.1:$grpc_port")
+  echo "-f $root/locust/locustfile.py --votes $votes --vote-rate $load_rate -u 32 -r 32" \
+    "--wasm-host http://127.0.0.1:$wasm_port --grpc-host http://127.0.0.1:$grpc_port"
+}
+
+load() {
   if [[ ${LOCUST_UI:-0} == 1 ]]; then
-    python3 -m locust "${common[@]}" --web-host 127.0.0.1 --web-port "$locust_port" >"$LOG_DIR/locust.log" 2>&1 &
-    locust_pid=$!
+    # Supervised like the services, so Ctrl-C and `make down` stop it too.
+    wait_ready locust "http://127.0.0.1:$locust_port/"
     return
   fi
+  local common
+  read -r -a common <<<"$(locust_args)"
   (( load_seconds > 0 )) || { say "LOAD_SECONDS=0: no load"; return; }
   local before=$RUN_DIR/counts-before.json
   python3 scripts/counts.py snapshot "$before"
@@ -222,7 +232,7 @@ up() {
   refuse_second_up
   pick_wasm_runtime
   build
-  trap 'echo; say "stopping (Ctrl-C)"; [[ -n $locust_pid ]] && kill "$locust_pid" 2>/dev/null; down; exit 130' INT TERM
+  trap 'echo; say "stopping (Ctrl-C)"; down; exit 130' INT TERM
   start_services
   python3 scripts/counts.py drain >/dev/null
   (( backlog == 0 )) || say "backlog of an earlier run: $backlog votes in Kafka, now counted"
