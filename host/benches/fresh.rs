@@ -17,8 +17,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod support;
+
 use std::time::{Duration, Instant};
+use support::module_path;
 
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
@@ -30,15 +32,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn module_path() -> PathBuf {
-    std::env::var_os("URNA_MODULE_DIR")
-        .map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm"),
-            PathBuf::from,
-        )
-        .join(urna_host::MODULE_FILE)
 }
 
 fn report(name: &str, mut v: Vec<Duration>) {

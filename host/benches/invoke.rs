@@ -21,21 +21,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::PathBuf;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::module_path;
 
 use urna_host::backend::Handoff;
 use urna_host::runtime::{self, Limits, RunMode};
-
-fn module_path() -> PathBuf {
-    std::env::var_os("URNA_MODULE_DIR")
-        .map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm"),
-            PathBuf::from,
-        )
-        .join(urna_host::MODULE_FILE)
-}
 
 fn votes() -> Vec<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../locust/data/sample-votes.jsonl");
