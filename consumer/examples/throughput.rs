@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         let offsets_key = format!("{}:offsets:{}", s.redis_prefix, s.group_id);
         let listener = tokio::net::TcpListener::bind(s.listen).await?;
         let stop = tokio_util::sync::CancellationToken::new();
+        let cleanup = s.clone();
         let started = Instant::now();
         let member = tokio::spawn(urna_consumer::run(s, listener, stop.clone()));
         let mut conn = redis.get_multiplexed_async_connection().await?;
@@ -67,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
             "| {batch_max} | {records} | {secs:.2} | {:.0} |",
             records as f64 / secs
         );
+        // Repeated runs must not pile up logs in the shared stack (FerretDB slows down).
+        urna_consumer::reset(&cleanup).await?;
     }
     Ok(())
 }
