@@ -66,10 +66,11 @@ stack-down:
 stack-status:
 	stack/status.sh
 
-## bench: vote logic native vs Wasm, consumer throughput batched vs batch size 1;
-##        writes docs/benchmarks.md
+## bench: urna against this machine's limits (HTTP ceiling, Kafka's perf test, each sink's
+##        ceiling, the native call), each measured in the same run; writes docs/benchmarks.md.
+##        A part: make bench BENCH_ARGS='--only http,e2e --repeats 1'
 bench: bootstrap
-	scripts/bench.sh
+	scripts/bench.sh $(BENCH_ARGS)
 
 ## images: build every service's image as docker.io/$(DOCKERHUB_NAMESPACE)/<name>:$(IMAGE_TAG)
 ##         with docker or podman (scripts/images.sh; the chart's global.image.* values)

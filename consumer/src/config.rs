@@ -26,8 +26,12 @@ pub struct Settings {
     pub mongo_collection: String,
     /// `URNA_BATCH_MAX`: records per batch at most.
     pub batch_max: usize,
-    /// `URNA_BATCH_LINGER_MS`: how long a batch waits to fill after its first record.
+    /// `URNA_BATCH_LINGER_MS`: how long a batch may wait to fill after its first record
+    /// once the fetched records are drained; 0 (the default) ends it at once.
     pub batch_linger_ms: u64,
+    /// `URNA_COMMIT_INTERVAL_MS`: how often applied offsets are committed to Kafka at
+    /// most (lag metrics; the sinks hold the offsets counting relies on); 0: every batch.
+    pub commit_interval_ms: u64,
     /// `URNA_SESSION_TIMEOUT_MS`: how soon the group notices a dead member.
     pub session_timeout_ms: u32,
     /// `URNA_LISTEN`: health and metrics.
@@ -52,7 +56,8 @@ impl Default for Settings {
             mongo_db: "urna".into(),
             mongo_collection: "logs".into(),
             batch_max: 500,
-            batch_linger_ms: 20,
+            batch_linger_ms: 0,
+            commit_interval_ms: 1000,
             session_timeout_ms: 10_000,
             listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             member_name: std::env::var("HOSTNAME").unwrap_or_else(|_| "consumer".into()),

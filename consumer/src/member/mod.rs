@@ -1,8 +1,8 @@
 //! One member of the consumer group.
 //!
 //! ```text
-//! recv ─► batch (≤ batch_max records or batch_linger) ─► poison → votes.dlq (once)
-//!                                                      ─► Redis script ∥ Mongo insert
+//! recv ─► batch (what is fetched, ≤ batch_max) ─► poison → votes.dlq (once)
+//!                                               ─► Redis script ∥ Mongo insert
 //!      ◄─ on failure: pause partitions, back off, retry the same batch (keep polling)
 //!      ◄─ on a gap: re-read, or skip what Kafka deleted (counted as lost)
 //!      ◄─ on success: commit what the sinks applied to Kafka (lag metrics only)
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -86,6 +87,7 @@ pub async fn run(
         health,
         carry: Vec::new(),
         paused: None,
+        commits: Commits::new(Duration::from_millis(settings.commit_interval_ms)),
         consumer,
     };
     let linger = Duration::from_millis(settings.batch_linger_ms);
@@ -105,7 +107,7 @@ pub async fn run(
         let Some(applied) = member.apply_with_retry(&batch, &shutdown).await else {
             break Ok(());
         };
-        member.commit(&applied, CommitMode::Async);
+        member.commit(&applied);
     };
     member.leave();
     outcome
@@ -158,11 +160,17 @@ struct Member {
     carry: Vec<OwnedMessage>,
     /// The assignment paused while the sinks are down.
     paused: Option<TopicPartitionList>,
+    /// Applied offsets not yet committed to Kafka.
+    commits: Commits,
     consumer: StreamConsumer<rebalance::MemberContext>,
 }
 
 impl Member {
-    /// Waits for a first record, then lingers for more. `Ok(None)` on shutdown; an
+    /// Waits for a first record, then takes every record already fetched, up to `max`.
+    /// A batch ends as soon as the fetched records are drained, unless `linger` is set:
+    /// then it waits up to `linger` after the first record for more. Under load, records
+    /// pile up while the sinks write the previous batch, so batches still fill; at a low
+    /// rate a vote is not held back waiting for company. `Ok(None)` on shutdown; an
     /// error when librdkafka reports a fatal error (the member cannot go on).
     async fn collect(
         &mut self,
@@ -173,8 +181,12 @@ impl Member {
         let mut messages = std::mem::take(&mut self.carry);
         if messages.is_empty() {
             loop {
+                // While idle, offsets still waiting are committed when due.
+                let commit_due = self.commits.due_at();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()),
+                        if commit_due.is_some() => self.flush_commits(CommitMode::Async),
                     received = self.consumer.recv() => match received {
                         Ok(m) => { messages.push(m.detach()); break; }
                         Err(e) => {
@@ -188,6 +200,21 @@ impl Member {
         }
         let deadline = tokio::time::Instant::now() + linger;
         while messages.len() < max {
+            // What librdkafka has already fetched is taken without waiting.
+            if let Some(received) = self.consumer.recv().now_or_never() {
+                match received {
+                    Ok(m) => messages.push(m.detach()),
+                    Err(e) => {
+                        self.check_fatal()?;
+                        tracing::warn!(error = %e, "Kafka receive error");
+                        break;
+                    }
+                }
+                continue;
+            }
+            if linger.is_zero() {
+                break;
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 // A batch in hand is finished even when shutdown comes: that is
@@ -216,25 +243,74 @@ impl Member {
         Ok(())
     }
 
-    /// Commits the next offsets of what the sinks applied: Kafka's committed offsets
-    /// trail the sinks, never pass them.
-    fn commit(&self, applied: &Batch, mode: CommitMode) {
+    /// Notes the next offsets of what the sinks applied and commits them to Kafka at most
+    /// once per commit interval: Kafka's committed offsets trail the sinks, never pass
+    /// them, and serve only lag metrics and a start that is safe when the sinks cannot
+    /// be read, so committing every batch bought nothing but a write per batch in Kafka.
+    fn commit(&mut self, applied: &Batch) {
+        self.commits.note(applied.next_offsets());
+        if self.commits.due() {
+            self.flush_commits(CommitMode::Async);
+        }
+    }
+
+    fn flush_commits(&mut self, mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
-        for (partition, next) in applied.next_offsets() {
+        for (partition, next) in self.commits.take() {
             let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, mode)
         {
+            // A partition that moved meanwhile: its new owner commits its own offsets.
             tracing::debug!(error = %e, "commit failed (partition moved?)");
         }
     }
 
     /// Leaves the group cleanly so the partitions move at once.
     fn leave(mut self) {
+        self.flush_commits(CommitMode::Sync);
         self.paused = None;
         self.consumer.unsubscribe();
         tracing::info!("member left the group");
+    }
+}
+
+/// Next offsets waiting to be committed, and when the last commit went out.
+struct Commits {
+    next: std::collections::BTreeMap<i32, i64>,
+    interval: Duration,
+    last: Instant,
+}
+
+impl Commits {
+    fn new(interval: Duration) -> Commits {
+        Commits {
+            next: Default::default(),
+            interval,
+            last: Instant::now(),
+        }
+    }
+
+    fn note(&mut self, offsets: impl IntoIterator<Item = (i32, i64)>) {
+        for (partition, next) in offsets {
+            let slot = self.next.entry(partition).or_insert(next);
+            *slot = (*slot).max(next);
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.interval
+    }
+
+    /// When the offsets waiting should go out; `None` when none wait.
+    fn due_at(&self) -> Option<Instant> {
+        (!self.next.is_empty()).then(|| self.last + self.interval)
+    }
+
+    fn take(&mut self) -> std::collections::BTreeMap<i32, i64> {
+        self.last = Instant::now();
+        std::mem::take(&mut self.next)
     }
 }
 

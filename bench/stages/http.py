@@ -1,0 +1,88 @@
+"""HTTP ingest: each producer against the HTTP ceiling (a handler that only answers 202),
+with the same load generator, connections and body — at saturation, then at a fixed rate
+of 20 % of the producer's own saturation (the ceiling at the same rate beside it)."""
+from __future__ import annotations
+
+from . import load
+from .common import Ctx, Result, Row, log, median, ratio, spread
+
+PRODUCERS = ("wasm", "grpc")
+NAMES = {"wasm": "Wasm producer", "grpc": "gRPC producer", "ceiling": "HTTP ceiling"}
+FIXED_SHARE = 0.2
+
+
+def run(ctx: Ctx) -> Result:
+    p = load.pipeline("bench-http")
+    ceiling = load.Ceiling()
+    urls = {"wasm": p.wasm_url + "/votes", "grpc": p.grpc_url + "/votes", "ceiling": ceiling.url}
+    try:
+        sat = {t: [] for t in urls}
+        for r in range(ctx.repeats):
+            for t, url in urls.items():  # interleaved: a noisy moment hits all alike
+                run = load.oha(url, ctx.seconds)
+                load.log_run("saturation %s #%d" % (t, r + 1), run, ctx.seconds)
+                sat[t].append(load.accepted_per_s(run, ctx.seconds))
+        fixed = {}
+        for prod in PRODUCERS:
+            rate = round(FIXED_SHARE * median(sat[prod]))
+            fixed[prod] = {"rate": rate, "urna": {"p50": [], "p99": []}, "ceiling": {"p50": [], "p99": []}}
+            for r in range(ctx.repeats):
+                for who, url in ((prod, urls[prod]), ("ceiling", ceiling.url)):
+                    run = load.oha(url, ctx.seconds, rate=rate)
+                    load.log_run("%d/s %s #%d" % (rate, who, r + 1), run, ctx.seconds)
+                    side = fixed[prod]["urna" if who == prod else "ceiling"]
+                    side["p50"].append(load.percentile_ms(run, "p50"))
+                    side["p99"].append(load.percentile_ms(run, "p99"))
+    finally:
+        ceiling.stop()
+        p.stop()
+        p.drop_state()
+    return Result(rows=rows(sat, fixed), markdown=markdown(ctx, sat, fixed),
+                  data={"saturation": {t: median(v) for t, v in sat.items()}})
+
+
+def rows(sat: dict, fixed: dict) -> list[Row]:
+    out = []
+    for prod in PRODUCERS:
+        out.append(Row("HTTP ingest at saturation, %s (202/s, %d connections)" % (NAMES[prod], load.CONNECTIONS),
+                       spread(sat[prod]), spread(sat["ceiling"]), ratio(median(sat[prod]), median(sat["ceiling"])),
+                       "urna / ceiling"))
+        f = fixed[prod]
+        for q in ("p50", "p99"):
+            out.append(Row("HTTP latency %s at %d/s (20 %% of its saturation), %s (ms)" % (q, f["rate"], NAMES[prod]),
+                           spread(f["urna"][q], "{:.2f}"), spread(f["ceiling"][q], "{:.2f}"),
+                           ratio(median(f["urna"][q]), median(f["ceiling"][q])), "urna / ceiling"))
+    return out
+
+
+def markdown(ctx: Ctx, sat: dict, fixed: dict) -> str:
+    lines = [
+        "## HTTP ingest: each producer against the HTTP ceiling",
+        "",
+        "One private pipeline from the release build (both producers, two consumer members, the",
+        "local stack) and `target/release/http_ceiling`, a handler that reads the body and answers",
+        "`202 {}`. Load: `oha --no-tui -c %d -z %gs -m POST -d '<one sample vote>' <url>/votes`," % (load.CONNECTIONS, ctx.seconds),
+        "repeated %d times, the three targets interleaved; 202s per second. Fixed rate: the same" % ctx.repeats,
+        "with `-q <rate> --latency-correction` (open loop: latency counts from each request's",
+        "scheduled start), at 20 % of the producer's median saturation, the ceiling at the same rate.",
+        "",
+        "| target | 202/s at saturation, each run |",
+        "|---|---|",
+    ]
+    for t, xs in sat.items():
+        lines.append("| %s | %s |" % (NAMES[t], ", ".join("%.0f" % x for x in xs)))
+    lines += ["", "| producer | rate /s | target | p50 ms, each run | p99 ms, each run |", "|---|---:|---|---|---|"]
+    for prod, f in fixed.items():
+        for who in ("urna", "ceiling"):
+            lines.append("| %s | %d | %s | %s | %s |" % (
+                NAMES[prod], f["rate"], NAMES[prod] if who == "urna" else NAMES["ceiling"],
+                ", ".join("%.2f" % x for x in f[who]["p50"]), ", ".join("%.2f" % x for x in f[who]["p99"])))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from .common import Ctx as _Ctx
+    res = run(_Ctx(repeats=1, seconds=3, quick=True))
+    for row in res.rows:
+        print(row)
+    print(res.markdown)
