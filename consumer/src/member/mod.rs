@@ -319,3 +319,31 @@ fn observe(sink: &'static str, started: Instant, ok: bool) {
     metrics::histogram!("urna_consumer_sink_duration_seconds", "sink" => sink, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_keep_the_highest_next_offset_per_partition_until_taken() {
+        let mut commits = Commits::new(Duration::from_secs(3600));
+        assert_eq!(commits.due_at(), None, "nothing waits, nothing is due");
+        commits.note([(0, 10), (1, 5)]);
+        commits.note([(0, 7), (1, 9), (2, 1)]);
+        assert!(!commits.due(), "an hour has not passed");
+        assert!(commits.due_at().is_some());
+        let taken = commits.take();
+        assert_eq!(
+            taken.into_iter().collect::<Vec<_>>(),
+            [(0, 10), (1, 9), (2, 1)]
+        );
+        assert_eq!(commits.due_at(), None);
+    }
+
+    #[test]
+    fn a_zero_interval_commits_every_batch() {
+        let mut commits = Commits::new(Duration::ZERO);
+        commits.note([(3, 4)]);
+        assert!(commits.due());
+    }
+}
