@@ -59,6 +59,11 @@ def fresh_topic() -> str:
     return _json_line(sh(PRODUCE_PERF, "--create-topic", "--partitions", "6", env=_env()))["topic"]
 
 
+def delete_topic(topic: str) -> None:
+    # Each run leaves up to ~90 MB on the broker's disk; nothing reads it afterwards.
+    sh(PRODUCE_PERF, "--delete-topic", topic, env=_env())
+
+
 def perf_test_args(topic: str, records: int, size: int, linger_ms: int, batch_size: int | None) -> list[str]:
     props = ["bootstrap.servers=" + brokers(), "acks=all", "enable.idempotence=true",
              "linger.ms=%d" % linger_ms, "max.in.flight.requests.per.connection=5"]
@@ -72,9 +77,13 @@ def perf_test_args(topic: str, records: int, size: int, linger_ms: int, batch_si
             "--command-property", *props]
 
 
-def run_perf_test(topic: str, records: int, size: int, linger_ms: int, batch_size: int | None) -> tuple[float, float]:
-    """records/s and CPU seconds of one perf test run."""
-    out, cpu = _cpu_sh(*perf_test_args(topic, records, size, linger_ms, batch_size), timeout=600)
+def run_perf_test(records: int, size: int, linger_ms: int, batch_size: int | None) -> tuple[float, float]:
+    """records/s and CPU seconds of one perf test run, on a fresh topic."""
+    topic = fresh_topic()
+    try:
+        out, cpu = _cpu_sh(*perf_test_args(topic, records, size, linger_ms, batch_size), timeout=600)
+    finally:
+        delete_topic(topic)
     # Final summary: "N records sent, X records/sec (Y MB/sec), ..."
     found = re.findall(r"^(\d+) records sent, ([\d.]+) records/sec", out, re.M)
     if not found or int(found[-1][0]) != records:
@@ -82,9 +91,13 @@ def run_perf_test(topic: str, records: int, size: int, linger_ms: int, batch_siz
     return float(found[-1][1]), cpu
 
 
-def run_produce_perf(topic: str, records: int, in_flight: str) -> tuple[dict, float]:
-    out, cpu = _cpu_sh(PRODUCE_PERF, "--topic", topic, "--records", str(records), "--in-flight", in_flight,
-                       env=_env(), timeout=600)
+def run_produce_perf(records: int, in_flight: str) -> tuple[dict, float]:
+    topic = fresh_topic()
+    try:
+        out, cpu = _cpu_sh(PRODUCE_PERF, "--topic", topic, "--records", str(records), "--in-flight", in_flight,
+                           env=_env(), timeout=600)
+    finally:
+        delete_topic(topic)
     return _json_line(out), cpu
 
 
@@ -101,16 +114,16 @@ def run(ctx: Ctx) -> Result:
     cpu: dict[str, list[float]] = {"256": [], "all": [], "java": [], "java_default": []}
     for i in range(ctx.repeats):
         for m in modes:
-            r, c = run_produce_perf(fresh_topic(), records, m)
+            r, c = run_produce_perf(records, m)
             urna[m].append(r["records_per_s"])
             cpu[m].append(c)
             log("kafka %d/%d: produce_perf --in-flight %s: %.0f records/s (%.2f s)"
                 % (i + 1, ctx.repeats, m, r["records_per_s"], r["seconds"]))
-        rate, c = run_perf_test(fresh_topic(), records, size, linger, RDKAFKA_BATCH_SIZE)
+        rate, c = run_perf_test(records, size, linger, RDKAFKA_BATCH_SIZE)
         java.append(rate)
         cpu["java"].append(c)
         log("kafka %d/%d: perf test batch.size=%d: %.0f records/s" % (i + 1, ctx.repeats, RDKAFKA_BATCH_SIZE, java[-1]))
-        rate, c = run_perf_test(fresh_topic(), records, size, linger, None)
+        rate, c = run_perf_test(records, size, linger, None)
         java_default.append(rate)
         cpu["java_default"].append(c)
         log("kafka %d/%d: perf test default batch.size: %.0f records/s" % (i + 1, ctx.repeats, java_default[-1]))
@@ -146,7 +159,7 @@ field set, a {info['key_bytes']}-character idempotency key as Locust sends) to a
 records/s = records / (first send → last delivery acknowledged).
 
 ```
-target/release/produce_perf --create-topic --partitions 6     # a fresh topic per run
+target/release/produce_perf --create-topic --partitions 6     # a fresh topic per run, deleted after it
 target/release/produce_perf --topic <topic> --records {records} --in-flight 256
 target/release/produce_perf --topic <topic> --records {records} --in-flight all
 {java_cmd}

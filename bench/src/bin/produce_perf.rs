@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! produce_perf --create-topic [--partitions 6]          # prints {"topic": ...}
+//! produce_perf --delete-topic T                         # after a run: frees the broker's disk
 //! produce_perf --topic T [--records 200000] [--in-flight 256|all]
 //! produce_perf --describe          # prints {"record_bytes", "key_bytes", "linger_ms", ...}
 //! ```
@@ -38,6 +39,7 @@ const SAMPLE_VOTE: &str =
 
 struct Args {
     create_topic: bool,
+    delete_topic: Option<String>,
     describe: bool,
     partitions: i32,
     topic: Option<String>,
@@ -49,6 +51,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         create_topic: false,
+        delete_topic: None,
         describe: false,
         partitions: 6,
         topic: None,
@@ -60,6 +63,7 @@ fn parse_args() -> anyhow::Result<Args> {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--create-topic" => args.create_topic = true,
+            "--delete-topic" => args.delete_topic = Some(value()?),
             "--describe" => args.describe = true,
             "--partitions" => args.partitions = value()?.parse()?,
             "--topic" => args.topic = Some(value()?),
@@ -97,6 +101,11 @@ async fn main() -> anyhow::Result<()> {
                 "producer_config": config.config_map(),
             })
         );
+        return Ok(());
+    }
+    if let Some(topic) = args.delete_topic {
+        delete_topic(&settings.kafka_brokers, &topic).await?;
+        println!("{}", serde_json::json!({ "deleted": topic }));
         return Ok(());
     }
     if args.create_topic {
@@ -197,6 +206,23 @@ fn sample_record() -> anyhow::Result<(String, Vec<u8>)> {
     // Locust's key: `uuid.uuid4().hex`, 32 characters.
     record.idempotency_key = "0123456789abcdef0123456789abcdef".to_owned();
     Ok((record.idempotency_key.clone(), record.encode_to_vec()))
+}
+
+async fn delete_topic(brokers: &str, name: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("Kafka admin client")?;
+    let results = admin
+        .delete_topics(
+            &[name],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        result.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn create_topic(brokers: &str, partitions: i32) -> anyhow::Result<String> {
