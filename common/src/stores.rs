@@ -34,14 +34,26 @@ pub async fn mongo_database(
 /// two writers raising one document with `$max` lose each other's writes (seen: a reader
 /// saw offsets go back hundreds of times with two members sharing one document, and
 /// concurrent `$max` on one partition's document ended below the highest value). An
-/// insert is atomic; the writer then deletes the marks below its own, so a partition
-/// keeps about one mark, and the highest is never deleted.
+/// insert is atomic; the writer then deletes the marks below its own (at most once per
+/// [`PRUNE_INTERVAL`]), so a partition keeps a few marks, and the highest is never deleted.
 #[derive(Clone)]
 pub struct LogCollections {
     pub logs: mongodb::Collection<mongodb::bson::Document>,
     pub progress: mongodb::Collection<mongodb::bson::Document>,
     /// `<group>|<topic>`: which progress marks are this group's for this topic.
     progress_of: String,
+    /// The marks this writer raised since it last deleted the ones they passed.
+    prune: std::sync::Arc<std::sync::Mutex<Prune>>,
+}
+
+/// How often a writer deletes passed progress marks: a delete per batch was a third of a
+/// batch's MongoDB writes, for documents nobody reads but the highest.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Prune {
+    last: Option<std::time::Instant>,
+    raised: BTreeMap<i32, i64>,
 }
 
 impl LogCollections {
@@ -59,34 +71,66 @@ impl LogCollections {
             logs: database.collection(collection),
             progress: database.collection(&format!("{collection}.progress")),
             progress_of: format!("{group}|{topic}"),
+            prune: Default::default(),
         })
     }
 
     /// Raises each partition's progress to `next`; a lower `next` than the partition's
     /// progress (a late batch of a member that lost the partition) changes nothing.
+    ///
+    /// One insert for all the batch's marks and one delete for the marks they pass, not
+    /// two writes per partition: each write is a transaction (and an fsync) in FerretDB's
+    /// SQLite, and with a write per partition the progress cost more than the logs.
     pub async fn raise_progress(&self, next: &BTreeMap<i32, i64>) -> mongodb::error::Result<()> {
-        for (&partition, &offset) in next {
-            let mark = doc! {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let marks = next.iter().map(|(&partition, &offset)| {
+            doc! {
                 "_id": format!("{}|{partition}|{offset}", self.progress_of),
                 "of": &self.progress_of,
                 "partition": partition,
                 "next": offset,
-            };
-            match self.progress.insert_one(mark).await {
-                Ok(_) => {}
-                // The same mark again: a replayed batch.
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(e),
             }
-            self.progress
-                .delete_many(doc! {
-                    "of": &self.progress_of,
-                    "partition": partition,
-                    "next": { "$lt": offset },
-                })
-                .await?;
+        });
+        match self.progress.insert_many(marks).ordered(false).await {
+            Ok(_) => {}
+            // The same marks again: a replayed batch.
+            Err(e) if only_duplicate_keys(&e).is_some() => {}
+            Err(e) => return Err(e),
         }
+        let Some(raised) = self.prune_due(next) else {
+            return Ok(());
+        };
+        let passed: Vec<_> = raised
+            .iter()
+            .map(|(&partition, &offset)| doc! { "partition": partition, "next": { "$lt": offset } })
+            .collect();
+        self.progress
+            .delete_many(doc! { "of": &self.progress_of, "$or": passed })
+            .await?;
         Ok(())
+    }
+
+    /// Notes `next`; at most once per [`PRUNE_INTERVAL`] (and on the first call) returns
+    /// the highest marks raised since the last prune, whose lower marks may go.
+    fn prune_due(&self, next: &BTreeMap<i32, i64>) -> Option<BTreeMap<i32, i64>> {
+        let Ok(mut prune) = self.prune.lock() else {
+            return Some(next.clone());
+        };
+        for (&partition, &offset) in next {
+            let highest = prune.raised.entry(partition).or_insert(offset);
+            *highest = (*highest).max(offset);
+        }
+        let now = std::time::Instant::now();
+        if prune
+            .last
+            .is_some_and(|at| now.duration_since(at) < PRUNE_INTERVAL)
+        {
+            return None;
+        }
+        prune.last = Some(now);
+        Some(std::mem::take(&mut prune.raised))
     }
 
     /// Per partition, the next offset below which every log is in the log collection.
@@ -113,6 +157,24 @@ impl LogCollections {
 pub const DUPLICATE_KEY: i32 = 11000;
 
 /// True when `e` is a single write refused for a duplicate key.
+/// `Some(n)` when the only errors of an unordered insert are `n` duplicate keys (a replay).
+pub fn only_duplicate_keys(e: &mongodb::error::Error) -> Option<u64> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(failure) => {
+            if failure.write_concern_error.is_some() {
+                return None;
+            }
+            let errors = failure.write_errors.as_ref()?;
+            errors
+                .iter()
+                .all(|w| w.code == DUPLICATE_KEY)
+                .then_some(errors.len() as u64)
+        }
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => Some(1),
+        _ => None,
+    }
+}
+
 pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     matches!(
         e.kind.as_ref(),

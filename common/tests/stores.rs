@@ -125,3 +125,33 @@ async fn concurrent_raises_of_one_partition_keep_the_highest() {
     );
     store.progress.drop().await.unwrap();
 }
+
+/// Passed marks are deleted at most once per `PRUNE_INTERVAL`, and then all of them: after
+/// a burst of raises and one raise past the interval, each partition keeps one mark.
+#[tokio::test]
+async fn passed_marks_are_pruned_down_to_the_highest() {
+    let collection = format!("progress_prune_{}", uuid::Uuid::now_v7().simple());
+    let store = open(&collection, "g").await;
+    for step in 1..=50 {
+        store
+            .raise_progress(&BTreeMap::from([(0, step), (1, step * 2)]))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(urna_common::stores::PRUNE_INTERVAL).await;
+    store
+        .raise_progress(&BTreeMap::from([(0, 51)]))
+        .await
+        .unwrap();
+    let marks = store
+        .progress
+        .count_documents(mongodb::bson::doc! { "of": "g|votes" })
+        .await
+        .unwrap();
+    assert_eq!(marks, 2, "partition 0 at 51, partition 1 at 100");
+    assert_eq!(
+        store.read_progress().await.unwrap(),
+        BTreeMap::from([(0, 51), (1, 100)])
+    );
+    store.progress.drop().await.unwrap();
+}

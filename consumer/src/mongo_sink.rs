@@ -11,12 +11,11 @@ use std::collections::BTreeMap;
 
 use mongodb::IndexModel;
 use mongodb::bson::{DateTime, Document, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 
 use crate::batch::Batch;
 use crate::owner::Owner;
-use urna_common::stores::{DUPLICATE_KEY, LogCollections, is_duplicate_key};
+use urna_common::stores::{LogCollections, is_duplicate_key, only_duplicate_keys};
 
 /// `_id` of the owner document in the progress collection.
 const OWNER_ID: &str = "owner";
@@ -110,7 +109,7 @@ impl MongoSink {
         } else {
             match self.log.logs.insert_many(docs).ordered(false).await {
                 Ok(result) => result.inserted_ids.len() as u64,
-                Err(e) => match only_duplicates(&e) {
+                Err(e) => match only_duplicate_keys(&e) {
                     Some(duplicates) => wanted - duplicates,
                     None => return Err(e),
                 },
@@ -174,20 +173,3 @@ impl MongoSink {
     }
 }
 
-/// `Some(n)` when the only errors of an insert are `n` duplicate keys (a replay).
-fn only_duplicates(e: &mongodb::error::Error) -> Option<u64> {
-    match e.kind.as_ref() {
-        ErrorKind::InsertMany(failure) => {
-            if failure.write_concern_error.is_some() {
-                return None;
-            }
-            let errors = failure.write_errors.as_ref()?;
-            errors
-                .iter()
-                .all(|w| w.code == DUPLICATE_KEY)
-                .then_some(errors.len() as u64)
-        }
-        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => Some(1),
-        _ => None,
-    }
-}

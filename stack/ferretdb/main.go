@@ -86,6 +86,10 @@ func serve(args []string) error {
 	listen := fs.String("listen", envOr("URNA_FERRETDB_LISTEN", "127.0.0.1:27017"), "TCP listen address")
 	dir := fs.String("dir", envOr("URNA_FERRETDB_DIR", "data/ferretdb"), "SQLite data directory")
 	level := fs.String("log-level", envOr("URNA_FERRETDB_LOG_LEVEL", "warn"), "debug, info, warn or error")
+	// SQLite's synchronous setting, with its WAL journal: FULL syncs the disk on every
+	// commit (each MongoDB write here); NORMAL only at checkpoints: a killed server loses
+	// nothing, a power cut may lose the last commits. See stack/README.md.
+	sync := fs.String("sqlite-synchronous", envOr("URNA_FERRETDB_SQLITE_SYNCHRONOUS", "normal"), "SQLite synchronous: full or normal")
 	_ = fs.Parse(args)
 
 	var lvl slog.Level
@@ -104,12 +108,16 @@ func serve(args []string) error {
 		return err
 	}
 
+	if *sync != "full" && *sync != "normal" {
+		return fmt.Errorf("bad -sqlite-synchronous %q: full or normal", *sync)
+	}
+
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener: ferretdb.ListenerConfig{TCP: *listen},
 		Logger:   logger,
 		Handler:  "sqlite",
 		// the SQLite handler wants a directory URI ending with a slash
-		SQLiteURL: "file:" + abs + "/",
+		SQLiteURL: "file:" + abs + "/?_pragma=synchronous(" + *sync + ")",
 	})
 	if err != nil {
 		return err
