@@ -18,6 +18,8 @@ def run(ctx: Ctx) -> Result:
     per = {v: {} for v in VARIANTS}  # variant → process → [µs per vote]
     rates = {v: [] for v in VARIANTS}
     pipes = {v: load.pipeline("bench-cpu-" + v, env=env) for v, env in VARIANTS.items()}
+    for p in pipes.values():
+        load.warm_up(p)
     try:
         for r in range(ctx.repeats):
             for v, p in pipes.items():

@@ -17,6 +17,8 @@ FIXED_SHARE = 0.2
 def run(ctx: Ctx, saturation: dict) -> Result:
     rates = {prod: max(1, round(FIXED_SHARE * saturation[prod])) for prod in ("wasm", "grpc")}
     pipes = {v: load.pipeline("bench-e2e-" + v, env=env) for v, env in VARIANTS.items()}
+    for p in pipes.values():
+        load.warm_up(p)
     lat = {v: {"p50": [], "p99": [], "n": []} for v in VARIANTS}
     try:
         for r in range(ctx.repeats):

@@ -13,6 +13,7 @@ FIXED_SHARE = 0.2
 
 def run(ctx: Ctx) -> Result:
     p = load.pipeline("bench-http")
+    load.warm_up(p)
     ceiling = load.Ceiling()
     urls = {"wasm": p.wasm_url + "/votes", "grpc": p.grpc_url + "/votes", "ceiling": ceiling.url}
     try:
