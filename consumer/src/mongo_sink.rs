@@ -172,4 +172,3 @@ impl MongoSink {
             .is_ok()
     }
 }
-
