@@ -98,10 +98,3 @@ def markdown(ctx: Ctx, per: dict, rates: dict, total: dict) -> str:
     lines += ["", "Votes per second accepted by both producers together: before %s, after %s." % (
         spread(rates["before"]), spread(rates["after"]))]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    res = run(Ctx(repeats=1, seconds=3, quick=True))
-    for row in res.rows:
-        print(row)
-    print(res.markdown)

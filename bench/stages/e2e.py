@@ -105,10 +105,3 @@ def markdown(ctx: Ctx, loads: dict, lat: dict) -> str:
     lines += ["", "The first rate is the issue's reference point (200 votes/s); the second is 20 % of",
               "each producer's median saturation in the HTTP stage."]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    res = run(Ctx(repeats=1, seconds=3, quick=True), {"wasm": 1000, "grpc": 1000})
-    for row in res.rows:
-        print(row)
-    print(res.markdown)

@@ -79,11 +79,3 @@ def markdown(ctx: Ctx, sat: dict, fixed: dict) -> str:
                 NAMES[prod], f["rate"], NAMES[prod] if who == "urna" else NAMES["ceiling"],
                 ", ".join("%.2f" % x for x in f[who]["p50"]), ", ".join("%.2f" % x for x in f[who]["p99"])))
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    from .common import Ctx as _Ctx
-    res = run(_Ctx(repeats=1, seconds=3, quick=True))
-    for row in res.rows:
-        print(row)
-    print(res.markdown)

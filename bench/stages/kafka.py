@@ -16,13 +16,7 @@ import os
 import re
 import resource
 
-if __package__ in (None, ""):  # run as a script: `python3 bench/stages/kafka.py`
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bench.stages.common import RELEASE, REPO, Ctx, Result, Row, log, median, ratio, sh, spread
-else:
-    from .common import RELEASE, REPO, Ctx, Result, Row, log, median, ratio, sh, spread
+from .common import RELEASE, REPO, Ctx, Result, Row, log, median, ratio, sh, spread
 
 PERF_CLASS = "org.apache.kafka.tools.ProducerPerformance"
 JARS = ".cache/kafka-libs/*"  # relative to the repository root, where `sh` runs
@@ -193,12 +187,3 @@ What is not equal:
   JIT warm-up is inside the perf test's time, librdkafka needs none.
 """
     return Result(rows=rows, markdown=md)
-
-
-if __name__ == "__main__":
-    import sys
-    quick = "--full" not in sys.argv
-    res = run(Ctx(repeats=1 if quick else 3, seconds=5, quick=quick))
-    for row in res.rows:
-        print(row)
-    print(res.markdown)

@@ -13,13 +13,7 @@ from __future__ import annotations
 import json
 import re
 
-if __package__ in (None, ""):  # run as a script: `python3 bench/stages/sinks.py`
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bench.stages.common import RELEASE, REPO, Ctx, Result, Row, log, median, ratio, sh, spread
-else:
-    from .common import RELEASE, REPO, Ctx, Result, Row, log, median, ratio, sh, spread
+from .common import RELEASE, REPO, Ctx, Result, Row, log, median, ratio, sh, spread
 
 THROUGHPUT = RELEASE / "examples" / "throughput"
 SINK_CEILING = RELEASE / "sink_ceiling"
@@ -130,12 +124,3 @@ What is not equal:
   pattern, not each server's peak (more concurrent writers could get more out of Redis).
 """
     return Result(rows=rows, markdown=md)
-
-
-if __name__ == "__main__":
-    import sys
-    quick = "--full" not in sys.argv
-    res = run(Ctx(repeats=1 if quick else 3, seconds=5, quick=quick))
-    for row in res.rows:
-        print(row)
-    print(res.markdown)

@@ -84,10 +84,3 @@ def run(ctx: Ctx) -> Result:
         "",
     ])
     return Result(rows=rows, markdown=md)
-
-
-if __name__ == "__main__":
-    res = run(Ctx(repeats=1, seconds=3, quick=True))
-    for row in res.rows:
-        print(row)
-    print(res.markdown)
