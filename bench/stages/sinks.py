@@ -84,8 +84,8 @@ figures share the machine. Batches of {BATCH} records of the same shapes as the 
 (one band, two albums alternating, ranks 1–10, no idempotency key) on 6 partitions, offsets advancing.
 Each ceiling batch comes from one partition, the next batch from the next (`--spread drain`): what a
 member gets draining a pre-filled topic, since librdkafka hands over a partition's fetched records
-together. How many partitions a batch touches matters: one section of apply.lua and one Mongo progress
-upsert per partition. `--spread live` (every batch over all 6, as keyed live traffic arrives) is
+together. How many partitions a batch touches may matter: one section of apply.lua and one Mongo
+progress mark per partition (the marks go in one insert). `--spread live` (every batch over all 6, as keyed live traffic arrives) is
 measured for MongoDB too.
 
 ```
