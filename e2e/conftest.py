@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,17 @@ def stack():
     """Faults on the shared stack; whatever happens, the stack is whole again afterwards."""
     yield stack_ctl
     restore_stack()
+
+
+def readyz(base_url: str) -> int | None:
+    """The status of `GET /readyz` (None if nothing answers within a second)."""
+    try:
+        with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
 
 
 def in_background(fn) -> threading.Thread:

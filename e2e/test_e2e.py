@@ -8,6 +8,7 @@ One scenario alone: `python3 -m pytest e2e -k kafka` (see README, "End-to-end su
 """
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from client import Client, run_id, valid_votes
-from conftest import assert_exact, in_background, sleep_until, stack_pid
+from conftest import assert_exact, in_background, readyz, sleep_until, stack_pid
 
 RATE = float(os.environ.get("URNA_E2E_RATE", "80"))  # votes/s
 VOTES = int(os.environ.get("URNA_E2E_VOTES", "1200"))  # per scenario: 15 s at 80/s
@@ -77,6 +78,47 @@ def test_kafka_stopped_and_restarted(pipeline, stack):
     assert record.statuses[503] > 0, record.statuses
     assert set(record.statuses) <= {202, 503}, record.statuses
     assert_exact(pipeline, record, "Kafka stopped 7 s", {"max latency s": round(record.max_latency, 2)})
+
+
+def test_kafka_frozen_longer_than_the_session_timeout(pipeline, stack):
+    """SIGSTOP, as a paused VM or a stalled disk: the broker's sockets stay open and
+    nothing answers. 12 s is past the members' session timeout (10 s), the producers'
+    probe and the broker's own controller session; once it is back, librdkafka may
+    leave a client with no broker for good (librdkafka #5301), which stopped counting
+    until someone restarted the members and the Wasm host. Now every client that has
+    not worked for URNA_KAFKA_REBUILD_AFTER_MS (15 s) is replaced in place."""
+    urls = {"wasm-host": pipeline.wasm_url, "grpc-server": pipeline.grpc_server_metrics,
+            **{m: pipeline.member_url(m) for m in pipeline.members}}
+    not_ready_during_freeze = set()
+
+    def faults(t0):
+        sleep_until(t0, 3)
+        pid = stack_pid("kafka")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # What readiness says meanwhile, polled until the broker is resumed at 15 s.
+            while time.monotonic() < t0 + 15:
+                for name, url in urls.items():
+                    if name not in not_ready_during_freeze and readyz(url) == 503:
+                        not_ready_during_freeze.add(name)
+                time.sleep(0.25)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    record = drive(pipeline, faults, votes=1600)
+    assert not_ready_during_freeze == set(urls), "ready all through the freeze: %s" % (
+        set(urls) - not_ready_during_freeze)
+    assert record.statuses[503] > 0, record.statuses
+    assert set(record.statuses) <= {202, 503}, record.statuses
+    assert_exact(pipeline, record, "Kafka frozen 12 s", {"max latency s": round(record.max_latency, 2)})
+    # Every process is ready again (no restart: the same processes as before).
+    pipeline.wait_ready(timeout=60)
+    # Both producers answer 202 again, at the first attempt.
+    before = collections.Counter(record.statuses)
+    client = Client([pipeline.wasm_url, pipeline.grpc_url])
+    client.record = record
+    client.run(valid_votes(40, run_id()), RATE)
+    assert record.statuses - before == {202: 40}, record.statuses - before
+    assert_exact(pipeline, record, "Kafka frozen 12 s, then 40 more votes")
 
 
 @pytest.mark.parametrize("service", ["redis", "ferretdb"])

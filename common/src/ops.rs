@@ -11,48 +11,51 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// An async readiness check.
-pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// A health check: `Ok`, or `Err` with the reason the endpoint answers 503 with.
+pub type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// Wraps a closure returning a future into a [`Readiness`].
-pub fn readiness<F, Fut>(check: F) -> Readiness
+/// An async check.
+pub fn check_async<F, Fut>(check: F) -> Check
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     Arc::new(move || Box::pin(check()))
 }
 
-/// A readiness that is a plain flag or computation.
-pub fn readiness_sync(check: impl Fn() -> bool + Send + Sync + 'static) -> Readiness {
+/// A check that is a plain computation.
+pub fn check(check: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Check {
     let check = Arc::new(check);
-    readiness(move || {
-        let ready = check();
-        async move { ready }
+    check_async(move || {
+        let verdict = check();
+        async move { verdict }
     })
 }
 
-/// `/healthz`, `/readyz`, `/metrics`; `not_ready` is the 503 message.
-pub fn router(ready: Readiness, not_ready: &'static str, metrics: PrometheusHandle) -> Router {
+/// A check that is a flag; `reason` is the answer while it is false.
+pub fn flag(flag: impl Fn() -> bool + Send + Sync + 'static, reason: &'static str) -> Check {
+    check(move || {
+        if flag() {
+            Ok(())
+        } else {
+            Err(reason.to_owned())
+        }
+    })
+}
+
+/// The liveness of a process that has nothing to get stuck on but its own event loop
+/// (which answering at all proves).
+pub fn always_ok() -> Check {
+    check(|| Ok(()))
+}
+
+/// `/healthz` (`live`), `/readyz` (`ready`), `/metrics`. A failed check answers 503 with
+/// `{"error": <its reason>, "field": null}`.
+pub fn router(ready: Check, live: Check, metrics: PrometheusHandle) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()) }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready().await {
-                        json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
-                    } else {
-                        let body = serde_json::json!({ "error": not_ready, "field": null });
-                        json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
-                    }
-                }
-            }),
-        )
+        .route("/healthz", get(move || answer(live.clone(), "ok")))
+        .route("/readyz", get(move || answer(ready.clone(), "ready")))
         .route(
             "/metrics",
             get(move || async move {
@@ -62,6 +65,19 @@ pub fn router(ready: Readiness, not_ready: &'static str, metrics: PrometheusHand
                 )
             }),
         )
+}
+
+async fn answer(check: Check, status: &'static str) -> Response {
+    match check().await {
+        Ok(()) => json(
+            StatusCode::OK,
+            serde_json::json!({ "status": status }).to_string(),
+        ),
+        Err(reason) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": reason, "field": null }).to_string(),
+        ),
+    }
 }
 
 fn json(status: StatusCode, body: String) -> Response {

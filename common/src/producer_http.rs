@@ -168,8 +168,13 @@ pub trait VoteBackend: Send + Sync + 'static {
         key: Option<IdempotencyKey>,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Accepted, CastError>> + Send;
-    /// Whether the backend can accept votes now (Kafka reachable, next hop up).
-    fn ready(&self) -> impl Future<Output = bool> + Send;
+    /// Whether the backend can accept votes now (Kafka reachable, next hop up); `Err`
+    /// names what is not (the `/readyz` body).
+    fn ready(&self) -> impl Future<Output = Result<(), String>> + Send;
+    /// `Err` when the process is stuck and should be restarted (`/healthz`).
+    fn alive(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 struct AppState<B> {
@@ -185,12 +190,13 @@ pub fn router<B: VoteBackend>(
     metrics: PrometheusHandle,
 ) -> Router {
     let ready_backend = backend.clone();
+    let live_backend = backend.clone();
     let ops = crate::ops::router(
-        crate::ops::readiness(move || {
+        crate::ops::check_async(move || {
             let backend = ready_backend.clone();
             async move { backend.ready().await }
         }),
-        "not ready: Kafka or the next hop is unreachable",
+        crate::ops::check(move || live_backend.alive()),
         metrics,
     );
     let state = Arc::new(AppState {
@@ -287,10 +293,18 @@ async fn handle_vote<B: VoteBackend>(
         .await
     {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
+        Ok(Err(e)) if is_over_limit(&e) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("body is over the limit of {MAX_BODY_BYTES} bytes"),
+                None,
+            );
+        }
+        // A broken chunk, a connection cut mid-body: the client's request, not its size.
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body could not be read: {e}"),
                 None,
             );
         }
@@ -410,6 +424,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// A JSON error body in the contract's shape.
+/// Whether a body read failed because the body is over the limit (and not for a
+/// transport or framing error).
+fn is_over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
     json(
         status,

@@ -34,8 +34,8 @@ impl VoteBackend for AcceptAll {
             id: "accepted".into(),
         })
     }
-    async fn ready(&self) -> bool {
-        true
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -115,6 +115,38 @@ async fn slow_bodies_do_not_pin_the_permits() {
     for t in tricklers {
         t.abort();
     }
+}
+
+/// A body that breaks off (a malformed chunk) is a 400 naming the read error, not a 413:
+/// the limit was not hit. A body over the limit, chunked, is still a 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_body_is_a_400_and_only_a_long_one_a_413() {
+    let app = start(HttpSettings::default()).await;
+    let send = |body: Vec<u8>| async move {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = b"POST /votes HTTP/1.1\r\nHost: urna\r\ncontent-type: application/json\r\n\
+                     transfer-encoding: chunked\r\n\r\n";
+        stream
+            .write_all(&[&head[..], &body].concat())
+            .await
+            .unwrap();
+        let head = read_head(&mut stream).await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
+        (head, String::from_utf8_lossy(&rest).into_owned())
+    };
+    // "zz" is no chunk size.
+    let (head, body) = send(b"5\r\n{\"nam\r\nzz\r\n".to_vec()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        body.contains("the request body could not be read"),
+        "{body}"
+    );
+    // 17 KiB in chunks of 1 KiB: over the limit only once read.
+    let chunk = [b"400\r\n".as_slice(), &[b' '; 1024], b"\r\n"].concat();
+    let (head, body) = send(chunk.repeat(17)).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(body.contains("over the limit"), "{body}");
 }
 
 /// A connection that never finishes its headers is closed after the header deadline.

@@ -42,8 +42,11 @@ impl VoteBackend for Publish {
             Err(e) => Err(CastError::from_publish_error(e)),
         }
     }
-    async fn ready(&self) -> bool {
-        self.publisher.is_ready()
+    async fn ready(&self) -> Result<(), String> {
+        self.publisher
+            .is_ready()
+            .then_some(())
+            .ok_or_else(|| "not ready: Kafka is unreachable".to_owned())
     }
 }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use urna_common::config::{ConfigError, require_longer};
 use urna_common::kafka::KafkaSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,5 +64,41 @@ impl Default for Settings {
             member_name: std::env::var("HOSTNAME").unwrap_or_else(|_| "consumer".into()),
             idempotency_window_secs: 600,
         }
+    }
+}
+
+impl Settings {
+    /// Refuses settings that cannot work together (checked before a member starts).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.kafka.check()?;
+        require_longer(
+            (
+                "URNA_KAFKA_REBUILD_AFTER_MS",
+                self.kafka.kafka_rebuild_after_ms,
+            ),
+            (
+                "URNA_SESSION_TIMEOUT_MS",
+                u64::from(self.session_timeout_ms),
+            ),
+            0,
+            "a member out of the group is rebuilt only after a rebalance had time to end",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_and_a_rebuild_inside_a_rebalance_is_refused() {
+        assert_eq!(Settings::default().check(), Ok(()));
+        let mut hasty = Settings::default();
+        hasty.kafka.kafka_rebuild_after_ms = 10_000;
+        let err = hasty.check().unwrap_err().to_string();
+        assert!(
+            err.contains("URNA_KAFKA_REBUILD_AFTER_MS=10000 must be longer than URNA_SESSION_TIMEOUT_MS=10000"),
+            "{err}"
+        );
     }
 }

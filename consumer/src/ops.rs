@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use urna_common::kafka::StallWatch;
 
 /// What readiness reports: a member is ready only while it can apply what it reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// In the group (set once subscribed).
     pub subscribed: AtomicBool,
@@ -19,15 +21,63 @@ pub struct Health {
     state_refused: AtomicBool,
     /// librdkafka reported a fatal error: the member stops and is restarted.
     kafka_fatal: AtomicBool,
+    /// How long the member has been out of a steady group with a live broker connection.
+    pub kafka: StallWatch,
+    /// Out of the group this long: not ready (a rebalance takes less).
+    kafka_ready_within: Duration,
 }
 
 impl Health {
-    pub fn ready(&self) -> bool {
-        self.subscribed.load(Ordering::Relaxed)
-            && self.sinks_ok.load(Ordering::Relaxed)
-            && !self.dlq_down.load(Ordering::Relaxed)
-            && !self.state_refused.load(Ordering::Relaxed)
-            && !self.kafka_fatal.load(Ordering::Relaxed)
+    pub fn new(kafka: StallWatch, kafka_ready_within: Duration) -> Health {
+        Health {
+            subscribed: AtomicBool::new(false),
+            sinks_ok: AtomicBool::new(false),
+            dlq_down: AtomicBool::new(false),
+            state_refused: AtomicBool::new(false),
+            kafka_fatal: AtomicBool::new(false),
+            kafka,
+            kafka_ready_within,
+        }
+    }
+
+    /// `Err` naming every reason the member cannot count now.
+    pub fn ready(&self) -> Result<(), String> {
+        let mut reasons = Vec::new();
+        if !self.subscribed.load(Ordering::Relaxed) {
+            reasons.push("not subscribed to the topic yet".to_owned());
+        }
+        if !self.sinks_ok.load(Ordering::Relaxed) {
+            reasons.push("Redis or MongoDB did not take the last batch".to_owned());
+        }
+        if self.dlq_down.load(Ordering::Relaxed) {
+            reasons.push("the dead-letter topic refuses poison records".to_owned());
+        }
+        if self.state_refused.load(Ordering::Relaxed) {
+            reasons.push("Redis refused the counting state (see the log)".to_owned());
+        }
+        if self.kafka_fatal.load(Ordering::Relaxed) {
+            reasons.push("librdkafka reported a fatal error".to_owned());
+        }
+        if !self.kafka_ok() {
+            reasons.push(format!(
+                "not in a steady consumer group with a live broker connection for {} s",
+                self.kafka.stalled_for().as_secs()
+            ));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not ready: {}", reasons.join("; ")))
+        }
+    }
+
+    /// In a steady group with a live broker connection, or out of it for less than a
+    /// rebalance may take; sets `urna_consumer_up{part="kafka"}`.
+    pub fn kafka_ok(&self) -> bool {
+        let ok = self.kafka.stalled_for() < self.kafka_ready_within
+            && !self.kafka_fatal.load(Ordering::Relaxed);
+        up_gauge("kafka", ok);
+        ok
     }
 
     pub fn set_sinks_ok(&self, ok: bool) {
@@ -56,10 +106,10 @@ fn up_gauge(part: &'static str, ok: bool) {
 }
 
 pub fn router(health: Arc<Health>, metrics: PrometheusHandle) -> Router {
+    let live = health.clone();
     urna_common::ops::router(
-        urna_common::ops::readiness_sync(move || health.ready()),
-        "not ready: not in the group yet, a sink or the dead-letter topic is down, the \
-         counting state was refused, or Kafka reported a fatal error (see urna_consumer_up)",
+        urna_common::ops::check(move || health.ready()),
+        urna_common::ops::check(move || live.kafka.liveness()),
         metrics,
     )
 }

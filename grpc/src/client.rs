@@ -107,15 +107,22 @@ impl VoteBackend for GrpcBackend {
 
     /// Ready when the server's health check says the vote service is SERVING (which it
     /// does while Kafka is reachable).
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), String> {
         let mut request = Request::new(HealthCheckRequest {
             service: SERVICE_NAME.to_owned(),
         });
         request.set_timeout(self.health_timeout);
         let mut health = self.health.clone();
         match tokio::time::timeout(self.health_timeout, health.check(request)).await {
-            Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
-            _ => false,
+            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                Ok(())
+            }
+            Ok(Ok(_)) => Err("not ready: the gRPC server is not serving (Kafka?)".to_owned()),
+            Ok(Err(status)) => Err(format!(
+                "not ready: the gRPC server's health check failed: {}",
+                status.message()
+            )),
+            Err(_) => Err("not ready: the gRPC server did not answer its health check".to_owned()),
         }
     }
 }

@@ -283,9 +283,13 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 
 /// `/healthz`, `/readyz` (Kafka reachable) and `/metrics` of the server process.
 pub fn metrics_router(publisher: VotePublisher, metrics: PrometheusHandle) -> Router {
+    let live = publisher.clone();
     urna_common::ops::router(
-        urna_common::ops::readiness_sync(move || publisher.is_ready()),
-        "not ready: Kafka is unreachable",
+        urna_common::ops::flag(
+            move || publisher.is_ready(),
+            "not ready: Kafka is unreachable",
+        ),
+        urna_common::ops::check(move || live.liveness()),
         metrics,
     )
 }

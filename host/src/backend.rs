@@ -40,11 +40,13 @@ use urna_common::kafka::VotePublisher;
 use urna_common::producer_http::{Accepted, CastError, VoteBackend};
 use urna_vote::IdempotencyKey;
 
+use crate::module_health::ModuleHealth;
 use crate::modules::ModuleSlot;
 use crate::runtime::{Invocation, InvokeError, InvokeErrorKind, ModuleOutput, decode_output};
 
 pub struct WasmBackend {
     modules: Arc<ModuleSlot>,
+    module_health: ModuleHealth,
     publisher: VotePublisher,
     slots: Arc<Semaphore>,
     slot_wait: Duration,
@@ -94,6 +96,7 @@ impl WasmBackend {
     ) -> Self {
         WasmBackend {
             modules,
+            module_health: ModuleHealth::default(),
             publisher,
             slots: Arc::new(Semaphore::new(max_instances)),
             slot_wait,
@@ -133,6 +136,7 @@ impl WasmBackend {
             };
         // The module serving now; a reload during this request does not affect it.
         let deployed = self.modules.current();
+        let generation = deployed.generation;
         let runtime = self.modules.runtime_name();
         let id = urna_common::stamp::new_vote_id();
         let at = urna_common::stamp::now_micros();
@@ -160,6 +164,10 @@ impl WasmBackend {
             cpu: _,
         } = invocation;
         let decoded = result.and_then(|out| decode_output(out, id, at));
+        self.module_health.note(
+            generation,
+            decoded.as_ref().is_err_and(|e| e.kind.is_module_fault()),
+        );
         let outcome = match &decoded {
             Ok(ModuleOutput::Accepted(..)) => "accepted",
             Ok(ModuleOutput::Rejected { .. }) => "rejected",
@@ -242,8 +250,15 @@ impl VoteBackend for WasmBackend {
         }
     }
 
-    async fn ready(&self) -> bool {
-        self.publisher.is_ready()
+    async fn ready(&self) -> Result<(), String> {
+        if !self.publisher.is_ready() {
+            return Err("not ready: Kafka is unreachable".to_owned());
+        }
+        self.module_health.check(self.modules.current().generation)
+    }
+
+    fn alive(&self) -> Result<(), String> {
+        self.publisher.liveness()
     }
 }
 
@@ -258,6 +273,7 @@ mod tests {
             InvokeErrorKind::Deadline,
             InvokeErrorKind::Memory,
             InvokeErrorKind::BadOutput,
+            InvokeErrorKind::InvalidRecord,
             InvokeErrorKind::Instantiate,
         ] {
             let e = InvokeError::new(kind, "x");

@@ -9,7 +9,8 @@
 //!    and runs the module off the async workers ([`backend`]): instantiate, call
 //!    `urna_handle_vote`, drop the instance;
 //! 3. a rejection is answered exactly as the module says (400/413/422); a trap, a
-//!    burned CPU budget, memory blow-up or malformed result is a 500 for this request
+//!    burned CPU budget, memory blow-up, malformed result or an accepted record that is
+//!    no valid vote (checked with `urna_vote::check_record`) is a 500 for this request
 //!    only; no slot in time, or a stop at the wall limit without the CPU budget used
 //!    (a saturated machine), is a 503 + `Retry-After`;
 //! 4. an accepted record is published and the client gets 202 once Kafka acknowledged
@@ -18,6 +19,7 @@
 //! - [`runtime`]: the Wasm engine behind a trait (wasmtime; WasmEdge with `--features wasmedge`).
 //! - [`modules`]: the module in service, ABI check and hot reload.
 //! - [`backend`]: the `VoteBackend` tying the two to Kafka, with the timing metrics.
+//! - [`module_health`]: `/readyz` says so while the module fails every vote.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +34,7 @@ use urna_common::kafka::{KafkaSettings, VotePublisher};
 use urna_common::producer_http::{self, HttpSettings};
 
 pub mod backend;
+pub mod module_health;
 pub mod modules;
 pub mod runtime;
 

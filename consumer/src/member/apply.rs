@@ -71,6 +71,11 @@ impl Member {
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep_until(until) => return true,
+                _ = self.watch.tick() => {
+                    if let Err(e) = self.watch_kafka() {
+                        tracing::error!(error = %e, "rebuilding the Kafka consumer failed");
+                    }
+                }
                 received = self.consumer.recv() => {
                     if let Ok(m) = received {
                         self.carry.push(m.detach());

@@ -7,31 +7,46 @@
 //! One window remains: a member that dies between the dead-letter ack and the Redis
 //! write sends that record again after the restart, with the same key
 //! (`<topic>-<partition>-<offset>`), so a reader of the DLQ can drop the duplicate.
+//!
+//! A producer whose sends have failed for `URNA_KAFKA_REBUILD_AFTER_MS` is replaced, as
+//! the vote publisher's is (librdkafka may never reconnect it: see
+//! `urna_common::kafka::stall`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use urna_common::kafka::KafkaSettings;
 
 use crate::batch::{Batch, Entry, Item};
 
 pub(super) struct DeadLetters {
+    config: ClientConfig,
     producer: FutureProducer,
     topic: String,
     source_topic: String,
     /// Acknowledged positions of the batch being applied.
     sent: HashSet<(i32, i64)>,
+    /// Since when sends have failed (the producer is replaced after `rebuild_after`).
+    failing_since: Option<Instant>,
+    rebuild_after: Duration,
 }
 
 impl DeadLetters {
-    pub(super) fn new(producer: FutureProducer, topic: String, source_topic: String) -> Self {
-        DeadLetters {
-            producer,
+    pub(super) fn new(kafka: &KafkaSettings, topic: String) -> anyhow::Result<Self> {
+        let config = kafka.producer_config();
+        Ok(DeadLetters {
+            producer: config.create().context("dead-letter producer")?,
+            config,
             topic,
-            source_topic,
+            source_topic: kafka.kafka_topic.clone(),
             sent: HashSet::new(),
-        }
+            failing_since: None,
+            rebuild_after: kafka.rebuild_after(),
+        })
     }
 
     /// The poison records of `batch` that still need sending, given Redis' stored next
@@ -67,7 +82,33 @@ impl DeadLetters {
             }
         }
         super::observe("dlq", started, first_error.is_none());
+        self.note_outcome(first_error.is_none());
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn note_outcome(&mut self, ok: bool) {
+        if ok {
+            self.failing_since = None;
+            return;
+        }
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.rebuild_after {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::error!(
+                    failing_s = since.elapsed().as_secs(),
+                    "dead-letter sends keep failing; rebuilding the producer"
+                );
+                let old = std::mem::replace(&mut self.producer, fresh);
+                // Its destructor flushes what it still holds: not on this task.
+                std::thread::spawn(move || drop(old));
+                metrics::counter!("urna_consumer_kafka_rebuilds_total").increment(1);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot rebuild the dead-letter producer"),
+        }
+        self.failing_since = Some(Instant::now());
     }
 
     /// Called once a batch is applied: its positions will not come back in this batch.

@@ -13,13 +13,15 @@
 //! Files: this one sets up and runs the loop; [`apply`] writes a batch to the sinks with
 //! retries and resolves gaps; [`dlq`] dead-letters poison records once; [`flow`] pauses
 //! and resumes; [`rebalance`] places newly assigned partitions; [`startup`] connects
-//! the sinks and refuses a counting state that is not this member's.
+//! the sinks and refuses a counting state that is not this member's; [`watch`] replaces
+//! a Kafka client that has been out of the group too long.
 
 mod apply;
 mod dlq;
 mod flow;
 mod rebalance;
 mod startup;
+mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +30,10 @@ use anyhow::Context as _;
 use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use urna_common::kafka::StallWatch;
 
 use crate::Settings;
 use crate::batch::Batch;
@@ -49,8 +51,14 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    settings.check()?;
     let metrics = urna_common::telemetry::metrics();
-    let health = Arc::new(Health::default());
+    let kafka_watch = StallWatch::new(settings.kafka.rebuild_after(), settings.kafka.liveness());
+    // Out of the group for half a session: longer than a rebalance takes.
+    let health = Arc::new(Health::new(
+        kafka_watch,
+        Duration::from_millis(u64::from(settings.session_timeout_ms) / 2),
+    ));
     let ops_router = ops::router(health.clone(), metrics);
     let ops_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -67,31 +75,31 @@ pub async fn run(
     health.set_sinks_ok(true);
     health.set_dlq_ok(true);
 
-    let dlq: FutureProducer = settings
-        .kafka
-        .producer_config()
-        .create()
-        .context("dead-letter producer")?;
+    let dlq = dlq::DeadLetters::new(&settings.kafka, settings.dlq_topic.clone())?;
     let topic = settings.kafka.kafka_topic.clone();
-    let consumer = consumer(&settings, sinks.clone())?;
+    let consumer = consumer(&settings, sinks.clone(), health.clone())?;
     consumer.subscribe(&[&topic]).context("subscribe")?;
     health
         .subscribed
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(member = %settings.member_name, group = %settings.group_id, %topic, "member started");
 
+    let mut watch = tokio::time::interval(watch::STATISTICS_INTERVAL);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut member = Member {
-        dead_letters: dlq::DeadLetters::new(dlq, settings.dlq_topic.clone(), topic.clone()),
+        dead_letters: dlq,
+        watch,
         topic,
         sinks,
         health,
         carry: Vec::new(),
         paused: None,
         commits: Commits::new(Duration::from_millis(settings.commit_interval_ms)),
+        settings,
         consumer,
     };
-    let linger = Duration::from_millis(settings.batch_linger_ms);
-    let batch_max = settings.batch_max.max(1);
+    let linger = Duration::from_millis(member.settings.batch_linger_ms);
+    let batch_max = member.settings.batch_max.max(1);
     let outcome = loop {
         let messages = match member.collect(batch_max, linger, &shutdown).await {
             Ok(Some(messages)) => messages,
@@ -116,9 +124,13 @@ pub async fn run(
 fn consumer(
     settings: &Settings,
     sinks: Sinks,
+    health: Arc<Health>,
 ) -> anyhow::Result<StreamConsumer<rebalance::MemberContext>> {
+    let heartbeat = heartbeat_interval(settings);
     let context = rebalance::MemberContext {
         sinks,
+        health,
+        rx_idle_max: heartbeat + heartbeat / 2,
         runtime: tokio::runtime::Handle::current(),
     };
     ClientConfig::new()
@@ -132,15 +144,20 @@ fn consumer(
             "session.timeout.ms",
             settings.session_timeout_ms.to_string(),
         )
+        .set("heartbeat.interval.ms", heartbeat.as_millis().to_string())
         .set(
-            "heartbeat.interval.ms",
-            (settings.session_timeout_ms / 3).max(500).to_string(),
+            "statistics.interval.ms",
+            watch::STATISTICS_INTERVAL.as_millis().to_string(),
         )
-        .set("statistics.interval.ms", "5000")
         // Bounds what librdkafka prefetches per member (default 64 MiB).
         .set("queued.max.messages.kbytes", "16384")
         .create_with_context(context)
         .context("Kafka consumer")
+}
+
+/// A third of the session, as Kafka recommends, so two lost heartbeats are survived.
+fn heartbeat_interval(settings: &Settings) -> Duration {
+    Duration::from_millis(u64::from(settings.session_timeout_ms / 3).max(500))
 }
 
 #[derive(Clone)]
@@ -153,6 +170,8 @@ struct Sinks {
 // consumer destroyed while any is alive waits for it forever, so the consumer comes last.
 struct Member {
     dead_letters: dlq::DeadLetters,
+    /// Ticks [`Member::watch_kafka`] while the member waits for records.
+    watch: tokio::time::Interval,
     topic: String,
     sinks: Sinks,
     health: Arc<Health>,
@@ -162,6 +181,7 @@ struct Member {
     paused: Option<TopicPartitionList>,
     /// Applied offsets not yet committed to Kafka.
     commits: Commits,
+    settings: Settings,
     consumer: StreamConsumer<rebalance::MemberContext>,
 }
 
@@ -187,6 +207,7 @@ impl Member {
                     _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()),
                         if commit_due.is_some() => self.flush_commits(CommitMode::Async),
+                    _ = self.watch.tick() => self.watch_kafka()?,
                     received = self.consumer.recv() => match received {
                         Ok(m) => { messages.push(m.detach()); break; }
                         Err(e) => {
@@ -254,9 +275,20 @@ impl Member {
         }
     }
 
+    /// Commits what waits for the partitions this member still owns. Offsets of a
+    /// partition revoked meanwhile are dropped: its new owner commits its own, and a
+    /// stale commit from here would move Kafka's offset (and the lag) back.
     fn flush_commits(&mut self, mode: CommitMode) {
+        let owned: std::collections::BTreeSet<i32> = match self.consumer.assignment() {
+            Ok(assignment) => assignment
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect(),
+            Err(_) => Default::default(),
+        };
         let mut tpl = TopicPartitionList::new();
-        for (partition, next) in self.commits.take() {
+        for (partition, next) in self.commits.take_owned(&owned) {
             let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
         }
         if tpl.count() > 0
@@ -312,6 +344,16 @@ impl Commits {
         self.last = Instant::now();
         std::mem::take(&mut self.next)
     }
+
+    /// [`Commits::take`], less the partitions not in `owned` (dropped, not kept).
+    fn take_owned(
+        &mut self,
+        owned: &std::collections::BTreeSet<i32>,
+    ) -> std::collections::BTreeMap<i32, i64> {
+        let mut taken = self.take();
+        taken.retain(|partition, _| owned.contains(partition));
+        taken
+    }
 }
 
 fn observe(sink: &'static str, started: Instant, ok: bool) {
@@ -338,6 +380,23 @@ mod tests {
             [(0, 10), (1, 9), (2, 1)]
         );
         assert_eq!(commits.due_at(), None);
+    }
+
+    #[test]
+    fn offsets_of_a_partition_revoked_meanwhile_are_dropped_not_committed() {
+        let mut commits = Commits::new(Duration::ZERO);
+        commits.note([(0, 10), (1, 20), (2, 30)]);
+        // Partition 1 moved to another member before the commit went out.
+        let owned = [0, 2].into_iter().collect();
+        assert_eq!(
+            commits.take_owned(&owned).into_iter().collect::<Vec<_>>(),
+            [(0, 10), (2, 30)]
+        );
+        assert_eq!(
+            commits.due_at(),
+            None,
+            "partition 1's offset is not kept for later"
+        );
     }
 
     #[test]

@@ -14,13 +14,20 @@ use super::Sinks;
 use crate::positions::start_offsets;
 
 /// Sets each newly assigned partition's start to the sinks' stored offsets.
+/// Also feeds librdkafka's statistics to the lag metrics and the stall watch.
 pub(super) struct MemberContext {
     pub(super) sinks: Sinks,
+    pub(super) health: std::sync::Arc<crate::ops::Health>,
+    /// A broker not heard from this long counts as gone (see `watch::in_steady_group`).
+    pub(super) rx_idle_max: Duration,
     pub(super) runtime: tokio::runtime::Handle,
 }
 
 impl ClientContext for MemberContext {
     fn stats(&self, statistics: Statistics) {
+        self.health
+            .kafka
+            .observe(super::watch::in_steady_group(&statistics, self.rx_idle_max));
         for topic in statistics.topics.values() {
             for (partition, p) in &topic.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {

@@ -174,6 +174,9 @@ pub enum InvokeErrorKind {
     Memory,
     /// The module returned something that is not a well-formed ABI result.
     BadOutput,
+    /// The module accepted a record that is not a valid vote (rank 0, a band not on the
+    /// ballot, …): publishing it would be a 202 the consumer dead-letters.
+    InvalidRecord,
     /// The runtime could not create an instance (e.g. the pool is exhausted).
     Instantiate,
 }
@@ -187,6 +190,7 @@ impl InvokeErrorKind {
             InvokeErrorKind::Starved => "starved",
             InvokeErrorKind::Memory => "memory",
             InvokeErrorKind::BadOutput => "bad_output",
+            InvokeErrorKind::InvalidRecord => "invalid_record",
             InvokeErrorKind::Instantiate => "instantiate_error",
         }
     }
@@ -433,6 +437,14 @@ pub fn decode_output(
                         .into(),
                 ));
             }
+            // The check a producer's record must pass, ballot and shape (the consumer's
+            // own check is the shape part): a module is not trusted to have applied it.
+            urna_vote::check_record(&record, &urna_vote::Ballot::builtin()).map_err(|e| {
+                InvokeError::new(
+                    InvokeErrorKind::InvalidRecord,
+                    format!("accepted record is not a valid vote: {e}"),
+                )
+            })?;
             let payload = out[1..].to_vec();
             Ok(ModuleOutput::Accepted(record, payload))
         }
@@ -537,6 +549,37 @@ mod tests {
             decode_output(bytes, ID, 8).map_err(|e| e.kind),
             Err(InvokeErrorKind::BadOutput)
         );
+    }
+
+    #[test]
+    fn an_accepted_record_that_is_no_valid_vote_is_the_modules_fault() {
+        let good = urna_vote::handle(
+            br#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4}"#,
+            &urna_vote::Ballot::builtin(),
+            ID,
+            urna_vote::Source::Wasm,
+            7,
+        )
+        .expect("valid");
+        let lies: [(&str, fn(&mut urna_vote::VoteRecord)); 6] = [
+            ("rank 0", |r| r.rank = 0),
+            ("rank 11", |r| r.rank = 11),
+            ("no band", |r| r.name.clear()),
+            ("a band not on the ballot", |r| {
+                r.name = "Los Impostores".into()
+            }),
+            ("another album's year", |r| r.year = 1999),
+            ("another ballot", |r| r.ballot_version = "v0".into()),
+        ];
+        for (what, lie) in lies {
+            let mut record = good.clone();
+            lie(&mut record);
+            let mut bytes = vec![0];
+            prost::Message::encode(&record, &mut bytes).expect("encode");
+            let err = decode_output(bytes, ID, 7).expect_err(what);
+            assert_eq!(err.kind, InvokeErrorKind::InvalidRecord, "{what}: {err}");
+            assert!(err.kind.is_module_fault());
+        }
     }
 
     #[test]

@@ -68,16 +68,18 @@ pub async fn run(
     let metrics = urna_common::telemetry::metrics();
     let ready = {
         let (store, results) = (store.clone(), results.clone());
-        urna_common::ops::readiness(move || {
+        urna_common::ops::check_async(move || {
             let (store, results) = (store.clone(), results.clone());
-            async move { results.ping().await && store.ping().await }
+            async move {
+                if results.ping().await && store.ping().await {
+                    Ok(())
+                } else {
+                    Err("not ready: Redis or MongoDB does not answer".to_owned())
+                }
+            }
         })
     };
-    let ops = urna_common::ops::router(
-        ready,
-        "not ready: Redis or MongoDB does not answer",
-        metrics,
-    );
+    let ops = urna_common::ops::router(ready, urna_common::ops::always_ok(), metrics);
     let state = http::AppState {
         feed,
         results,

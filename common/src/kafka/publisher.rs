@@ -1,144 +1,18 @@
-//! The Kafka producer both producers publish with, its readiness, and its recovery.
-//!
-//! Settings that make "202 only after Kafka acknowledged" true and keep memory bounded:
-//! idempotence on (so librdkafka retries cannot duplicate or reorder), `acks=all`, a
-//! bounded local queue (a full queue is refused at once, never waited on), and a delivery
-//! timeout (`message.timeout.ms` = `URNA_KAFKA_DELIVERY_TIMEOUT_MS`) by which librdkafka
-//! reports every record as delivered or failed.
-//!
-//! "503 means not written": a record is handed to librdkafka only while the vote's
-//! [`Deadline`] still leaves room for the whole delivery timeout plus
-//! [`DELIVERY_REPORT_GRACE`]; once handed, [`VotePublisher::publish`] waits for the
-//! delivery report, whatever the deadline says. A failed report is definitive, apart from
-//! the one ambiguity documented in docs/architecture.md (librdkafka's "possibly persisted":
-//! the request reached the broker, its answer did not).
-//!
-//! Readiness and recovery: [`VotePublisher::spawn_probe`] runs beside every publisher. It
-//! probes the topic's metadata every `URNA_KAFKA_PROBE_INTERVAL_MS`, and when librdkafka
-//! raises a *fatal* error (the idempotent producer's guarantees are broken, e.g. after
-//! an out-of-order sequence; every later send fails) the publisher is not ready at once
-//! and the probe task replaces the producer with a new one, instead of the process
-//! answering 503 until someone restarts it.
+//! [`VotePublisher`]: publish, readiness probe, rebuild after a fatal error or a stall.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConfigError;
+use super::settings::KafkaSettings;
+use super::stall::StallWatch;
 use crate::deadline::Deadline;
-
-/// How long after `message.timeout.ms` librdkafka may still take to report a failure:
-/// it scans for timed-out messages about once a second.
-pub const DELIVERY_REPORT_GRACE: Duration = Duration::from_secs(1);
-
-/// Kafka settings shared by every service (flattened into each service's settings).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct KafkaSettings {
-    /// `URNA_KAFKA_BROKERS`: bootstrap servers, comma-separated.
-    pub kafka_brokers: String,
-    /// `URNA_KAFKA_TOPIC`: the votes topic.
-    pub kafka_topic: String,
-    /// `URNA_KAFKA_DELIVERY_TIMEOUT_MS`: librdkafka's `message.timeout.ms`, the time by
-    /// which every record handed to it is reported delivered or failed. Every deadline
-    /// that waits for a delivery must be longer (checked at start).
-    pub kafka_delivery_timeout_ms: u64,
-    /// `URNA_KAFKA_QUEUE_MAX_MESSAGES`: bound of the producer's local queue.
-    pub kafka_queue_max_messages: u32,
-    /// `URNA_KAFKA_LINGER_MS`: batching delay; small, since every request waits for its ack.
-    pub kafka_linger_ms: u32,
-    /// `URNA_KAFKA_PROBE_INTERVAL_MS`: how often readiness (the topic's metadata) is probed.
-    pub kafka_probe_interval_ms: u64,
-    /// `URNA_SHUTDOWN_FLUSH_MS`: how long shutdown waits for unacknowledged records.
-    pub shutdown_flush_ms: u64,
-}
-
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        KafkaSettings {
-            kafka_brokers: "127.0.0.1:9092".into(),
-            kafka_topic: "votes".into(),
-            kafka_delivery_timeout_ms: 5_000,
-            kafka_queue_max_messages: 10_000,
-            kafka_linger_ms: 1,
-            kafka_probe_interval_ms: 1_000,
-            shutdown_flush_ms: 10_000,
-        }
-    }
-}
-
-impl KafkaSettings {
-    pub fn delivery_timeout(&self) -> Duration {
-        Duration::from_millis(self.kafka_delivery_timeout_ms)
-    }
-
-    /// What a hand-off must still have left of its deadline: the delivery timeout and
-    /// the time librdkafka may take to report after it.
-    pub fn delivery_budget(&self) -> Duration {
-        self.delivery_timeout() + DELIVERY_REPORT_GRACE
-    }
-
-    /// Refuses settings librdkafka cannot honour: linger must fit in the delivery timeout.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        crate::config::require_longer(
-            (
-                "URNA_KAFKA_DELIVERY_TIMEOUT_MS",
-                self.kafka_delivery_timeout_ms,
-            ),
-            ("URNA_KAFKA_LINGER_MS", u64::from(self.kafka_linger_ms)),
-            0,
-            "a record must be sent before it times out",
-        )
-    }
-
-    /// [`KafkaSettings::check`], and that a deadline waiting for deliveries (`name` =
-    /// `ms`) covers the delivery timeout plus [`DELIVERY_REPORT_GRACE`].
-    pub fn check_deadline(&self, name: &str, ms: u64) -> Result<(), ConfigError> {
-        self.check()?;
-        crate::config::require_longer(
-            (name, ms),
-            (
-                "URNA_KAFKA_DELIVERY_TIMEOUT_MS",
-                self.kafka_delivery_timeout_ms,
-            ),
-            DELIVERY_REPORT_GRACE.as_millis() as u64,
-            "the vote's answer must wait for Kafka's delivery report, so a 503 means the \
-             vote was not written",
-        )
-    }
-
-    /// The client config for a producer of vote records.
-    pub fn producer_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.kafka_brokers)
-            .set("client.id", "urna-producer")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set(
-                "message.timeout.ms",
-                self.kafka_delivery_timeout_ms.to_string(),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                self.kafka_queue_max_messages.to_string(),
-            )
-            .set("linger.ms", self.kafka_linger_ms.to_string())
-            // Find a restarted broker quickly.
-            .set("reconnect.backoff.max.ms", "1000")
-            .set("topic.metadata.refresh.interval.ms", "10000");
-        config
-    }
-}
 
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +61,8 @@ struct Health {
     /// Woken by librdkafka's global errors, so a fatal one is handled at once.
     wake: Notify,
     rebuilds: AtomicU64,
+    /// Fed by every probe: how long the producer has had no working broker connection.
+    stall: StallWatch,
 }
 
 /// Hears librdkafka's global errors. librdkafka reports a fatal error as the error that
@@ -223,6 +99,7 @@ impl VotePublisher {
             ready: AtomicBool::new(false),
             wake: Notify::new(),
             rebuilds: AtomicU64::new(0),
+            stall: StallWatch::new(settings.rebuild_after(), settings.liveness()),
         });
         let first = create(settings, 0, &health)?;
         Ok(VotePublisher {
@@ -347,8 +224,15 @@ impl VotePublisher {
         })
         .await
         .unwrap_or(false);
+        self.shared.health.stall.observe(ok);
         self.set_ready(ok);
         self.is_ready()
+    }
+
+    /// `Err` once the producer has had no working broker connection for
+    /// `URNA_KAFKA_LIVENESS_MS`, rebuilds included (the process's `/healthz`).
+    pub fn liveness(&self) -> Result<(), String> {
+        self.shared.health.stall.liveness()
     }
 
     /// Until `shutdown`: probes every `URNA_KAFKA_PROBE_INTERVAL_MS` so readiness follows
@@ -369,7 +253,20 @@ impl VotePublisher {
                         "fatal Kafka producer error; not ready, rebuilding the producer"
                     );
                     metrics::counter!("urna_kafka_fatal_errors_total").increment(1);
-                    if !this.rebuild(failed, &reason, &shutdown).await {
+                    if !this.rebuild(failed, "fatal", &reason, &shutdown).await {
+                        return;
+                    }
+                } else if this.shared.health.stall.take_rebuild() {
+                    // librdkafka may never reconnect by itself (see `stall`): a new
+                    // producer bootstraps afresh.
+                    let failed = generation.number;
+                    release(generation);
+                    let reason = format!(
+                        "no working broker connection for {} s",
+                        this.shared.health.stall.stalled_for().as_secs()
+                    );
+                    tracing::error!(generation = failed, %reason, "Kafka producer stalled; rebuilding it");
+                    if !this.rebuild(failed, "stalled", &reason, &shutdown).await {
                         return;
                     }
                 } else {
@@ -392,8 +289,14 @@ impl VotePublisher {
     /// Replaces generation `failed` with a new producer, retrying creation with backoff.
     /// Records still in the old producer get their delivery reports (failures, after a
     /// fatal error) through the publishes holding it; it is dropped after the last one.
-    /// Returns false if shut down first.
-    async fn rebuild(&self, failed: u64, reason: &str, shutdown: &CancellationToken) -> bool {
+    /// `cause` is the metric label (`fatal`, `stalled`). Returns false if shut down first.
+    async fn rebuild(
+        &self,
+        failed: u64,
+        cause: &'static str,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut delays = crate::backoff::retry_delays();
         loop {
             let next = failed + 1;
@@ -411,7 +314,8 @@ impl VotePublisher {
                     );
                     release(old);
                     self.shared.health.rebuilds.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("urna_kafka_producer_rebuilds_total").increment(1);
+                    metrics::counter!("urna_kafka_producer_rebuilds_total", "cause" => cause)
+                        .increment(1);
                     tracing::warn!(generation = next, after = reason, "Kafka producer rebuilt");
                     return true;
                 }
@@ -479,39 +383,4 @@ fn is_connectivity_error(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::BrokerTransportFailure
         )
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_deadline_must_cover_the_delivery_timeout_and_the_report() {
-        let kafka = KafkaSettings {
-            kafka_delivery_timeout_ms: 5_000,
-            ..KafkaSettings::default()
-        };
-        assert_eq!(
-            kafka.check_deadline("URNA_REQUEST_TIMEOUT_MS", 8_000),
-            Ok(())
-        );
-        let err = kafka
-            .check_deadline("URNA_REQUEST_TIMEOUT_MS", 6_000)
-            .unwrap_err();
-        assert!(
-            err.0.starts_with(
-                "URNA_REQUEST_TIMEOUT_MS=6000 must be longer than \
-                 URNA_KAFKA_DELIVERY_TIMEOUT_MS=5000 plus 1000 ms"
-            ),
-            "{err}"
-        );
-        let lingering = KafkaSettings {
-            kafka_linger_ms: 5_000,
-            ..kafka
-        };
-        let err = lingering
-            .check_deadline("URNA_REQUEST_TIMEOUT_MS", 8_000)
-            .unwrap_err();
-        assert!(err.0.contains("URNA_KAFKA_LINGER_MS=5000"), "{err}");
-    }
 }
