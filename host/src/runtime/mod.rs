@@ -561,7 +561,8 @@ mod tests {
             7,
         )
         .expect("valid");
-        let lies: [(&str, fn(&mut urna_vote::VoteRecord)); 6] = [
+        type Lie = fn(&mut urna_vote::VoteRecord);
+        let lies: [(&str, Lie); 6] = [
             ("rank 0", |r| r.rank = 0),
             ("rank 11", |r| r.rank = 11),
             ("no band", |r| r.name.clear()),
