@@ -134,9 +134,10 @@ fn misbehaving_invocations_fail_alone() {
                 Ok(ModuleOutput::Rejected { status: 422, .. })
             ));
             let vote = br#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4}"#;
-            let out = real.invoke(vote, id, 0).result.expect("real module");
+            // A real acceptance time: the host refuses a record without one.
+            let out = real.invoke(vote, id, 7).result.expect("real module");
             assert!(matches!(
-                decode_output(out, id, 0),
+                decode_output(out, id, 7),
                 Ok(ModuleOutput::Accepted(..))
             ));
         }
