@@ -52,6 +52,7 @@ class Record:
     accepted: dict = field(default_factory=dict)  # key → Vote (got a 202 at least once)
     gave_up: list = field(default_factory=list)  # keys that never got a 202 in time
     retries: int = 0
+    replayed: int = 0  # 202s that replayed an earlier answer (Idempotent-Replayed: true)
     max_latency: float = 0.0
     slow: list = field(default_factory=list)  # (status, seconds) over the deadline
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -98,6 +99,9 @@ class Client:
             r = self._session().post(producer + "/votes", data=body, headers=headers,
                                      timeout=(2, self.deadline + 5))
             status, response = r.status_code, r
+            if r.headers.get("Idempotent-Replayed") == "true":
+                with self.record.lock:
+                    self.record.replayed += 1
         except requests.RequestException as e:
             status, response = type(e).__name__, None
         seconds = time.monotonic() - started

@@ -9,14 +9,17 @@ One scenario alone: `python3 -m pytest e2e -k kafka` (see README, "End-to-end su
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import os
 import signal
 import time
 
 import pytest
+import requests
 
-from client import Client, run_id, valid_votes
-from conftest import assert_exact, in_background, readyz, sleep_until, stack_pid
+from client import Client, ballot, run_id, valid_votes
+from conftest import assert_exact, in_background, poll_until, readyz, sleep_until, stack_pid, wait_caught_up
 
 RATE = float(os.environ.get("URNA_E2E_RATE", "80"))  # votes/s
 VOTES = int(os.environ.get("URNA_E2E_VOTES", "1200"))  # per scenario: 15 s at 80/s
@@ -166,7 +169,8 @@ def test_producers_killed_mid_run_and_restarted(pipeline):
 
 def test_the_same_key_through_both_producers_counts_once(pipeline):
     """A client that resends every vote with its key, to the other producer, after the
-    first 202: two records in Kafka per key, one count and one log."""
+    first 202: the second answer is the first one replayed from the shared store, so one
+    record in Kafka per key, one count and one log."""
     votes = valid_votes(300, run_id())
     client = Client([pipeline.wasm_url, pipeline.grpc_url])
     client.run(votes, RATE)
@@ -174,4 +178,111 @@ def test_the_same_key_through_both_producers_counts_once(pipeline):
     record = client.run(votes, RATE)
     assert record.accepted_202 == 600, record.statuses
     assert_exact(pipeline, record, "every vote sent twice, one per producer")
-    assert sum(pipeline.end_offsets().values()) == 600
+    assert sum(pipeline.end_offsets().values()) == 300
+
+
+WINDOW = 15  # URNA_IDEMPOTENCY_WINDOW_SECS of the next scenario, for producers and members
+
+
+def entry_key(pipeline, key: str) -> str:
+    """The producers' idempotency entry of `key` (a hash of it, never the key)."""
+    return "%s:idempotency:request:%s" % (pipeline.prefix, hashlib.sha256(key.encode()).hexdigest()[:32])
+
+
+def post(url: str, vote, key: str | None = None, timeout: float = 15):
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return requests.post(url + "/votes", data=vote.body(), headers=headers, timeout=timeout)
+
+
+@pytest.mark.service_env({"URNA_IDEMPOTENCY_WINDOW_SECS": str(WINDOW)})
+def test_idempotency_key_by_the_draft(pipeline, stack):
+    """draft-ietf-httpapi-idempotency-key-header at the edge, one store for both
+    producers: a retry on the other producer gets the first answer (same id, no second
+    record); the same key with another vote is 422 and changes nothing; a key still in
+    flight is 409; with the store frozen keyed votes are 503 and unkeyed ones 202; a
+    retry after the window is a new vote, counted and logged again."""
+    producers = [pipeline.wasm_url, pipeline.grpc_url]
+    votes = valid_votes(120, run_id())
+    first = {}
+    for i, v in enumerate(votes):
+        r = post(producers[i % 2], v, v.key)
+        assert r.status_code == 202, r.text
+        first[v.key] = r.json()["id"]
+    # The same key with another band: 422 naming the header.
+    for i, v in enumerate(votes[:20]):
+        band, album, year = next(a for a in ballot() if a[0] != v.band)
+        other = dataclasses.replace(v, band=band, album=album, year=year)
+        r = post(producers[i % 2], other, v.key)
+        assert (r.status_code, r.json()["field"]) == (422, "Idempotency-Key"), r.text
+    # The same vote again on the other producer: the first answer, not a second record.
+    for i, v in enumerate(votes):
+        r = post(producers[(i + 1) % 2], v, v.key)
+        assert (r.status_code, r.json().get("id"), r.headers.get("Idempotent-Replayed")) == \
+            (202, first[v.key], "true"), r.text
+
+    # In flight: the gRPC server frozen holds the first attempt; the Wasm host says 409.
+    held = valid_votes(1, run_id())[0]
+    pipeline.signal("grpc-server", signal.SIGSTOP)
+    try:
+        attempt = in_background(lambda: post(pipeline.grpc_url, held, held.key))
+        r_client = pipeline.redis_client()
+        poll_until(lambda: (r_client.get(entry_key(pipeline, held.key)) or "").startswith("pending:"), 5)
+        r = post(pipeline.wasm_url, held, held.key)
+        assert (r.status_code, r.json()["field"]) == (409, "Idempotency-Key"), r.text
+        assert r.headers.get("Retry-After"), r.headers
+    finally:
+        pipeline.signal("grpc-server", signal.SIGCONT)
+    attempt.join(timeout=30)
+    while True:  # the first attempt may have passed its deadline: 503, key released
+        r = post(pipeline.wasm_url, held, held.key)
+        if r.status_code == 202:
+            break
+        assert r.status_code in (409, 503), r.text
+        time.sleep(float(r.headers.get("Retry-After", "1")))
+
+    # The store frozen past its 1-s timeout: keyed 503 + Retry-After, unkeyed 202.
+    unkeyed = valid_votes(4, run_id())
+    frozen_keyed = valid_votes(1, run_id())[0]
+    pid = stack_pid("redis")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i, v in enumerate(unkeyed):
+            started = time.monotonic()
+            r = post(producers[i % 2], frozen_keyed, frozen_keyed.key)
+            assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
+            assert "idempotency store" in r.json()["error"], r.text
+            assert time.monotonic() - started < 5
+            r = post(producers[i % 2], v)
+            assert r.status_code == 202, r.text
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    # After the window the first 20 keys are new again: a new id, counted and logged.
+    again = votes[:20]
+    poll_until(lambda: not any(r_client.exists(entry_key(pipeline, v.key)) for v in again), WINDOW + 15)
+    for i, v in enumerate(again):
+        r = post(producers[i % 2], v, v.key)
+        assert r.status_code == 202 and "Idempotent-Replayed" not in r.headers, r.text
+        assert r.json()["id"] != first[v.key]
+
+    # Exact: every first vote once, the 20 renewed ones twice, the held one once, the
+    # unkeyed ones once each; MongoDB logs the same; no record for a replay or a 4xx.
+    wait_caught_up(pipeline)
+    counted = votes + again + [held] + unkeyed
+    logs = pipeline.logs_collection()
+    poll_until(lambda: logs.count_documents({}) >= len(counted), 60)
+    r = pipeline.redis_client()
+    assert int(r.get("%s:total" % pipeline.prefix)) == len(counted)
+    want_bands = collections.Counter(v.band for v in counted)
+    assert {k: int(n) for k, n in r.hgetall("%s:bands" % pipeline.prefix).items()} == dict(want_bands)
+    per_key = collections.Counter(d.get("idempotency_key") for d in logs.find({}, {"idempotency_key": 1}))
+    want_keys = collections.Counter(v.key for v in votes + again + [held])
+    want_keys[None] = len(unkeyed)
+    assert per_key == want_keys
+    records = sum(pipeline.end_offsets().values())
+    # One record per first vote, renewed vote and unkeyed vote; the held vote one or two
+    # (its first attempt may have been written after the client's deadline: the
+    # consumer's window then counts it once).
+    assert len(counted) <= records <= len(counted) + 1, records

@@ -153,6 +153,14 @@ def test_redis_persists_counters_and_offsets_with_aof(rendered):
     settings = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
     assert settings["appendonly"] == "yes"
     assert settings["maxmemory-policy"] == "noeviction"
+    # Sized from the idempotency window × the peak keyed rate, and inside the container.
+    assert settings["maxmemory"].endswith("mb"), settings["maxmemory"]
+    maxmemory_mib = int(settings["maxmemory"][:-2])
+    limit = chart.one(objects, "StatefulSet", "urna-redis")["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") or limit.endswith("Gi"), limit
+    limit_mib = int(limit[:-2]) * (1024 if limit.endswith("Gi") else 1)
+    assert 300 < maxmemory_mib < limit_mib, (maxmemory_mib, limit_mib)
     sts = chart.one(objects, "StatefulSet", "urna-redis")
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     mounts = {m["name"]: m["mountPath"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
@@ -181,7 +189,7 @@ def test_secrets_share_one_value_across_namespaces(default_objects):
     assert len(values["urna-redis"]) == 1 and len(values["urna-mongodb"]) == 1
     namespaces = {s["metadata"]["namespace"] for s in chart.by_kind(default_objects, "Secret")
                   if s["metadata"]["name"] == "urna-redis"}
-    assert namespaces == {"urna-data", "urna-process", "urna-monitoring"}
+    assert namespaces == {"urna-data", "urna-process", "urna-monitoring", "urna-ingest"}
 
 
 def test_every_urna_variable_in_the_chart_is_one_the_services_read(rendered):
@@ -237,11 +245,15 @@ def test_network_policies_deny_by_default_and_open_only_the_flow(default_objects
                 for p in rule.get("from", rule.get("to", [])) if "namespaceSelector" in p and p["namespaceSelector"]}
 
     redis_in = nps[("urna-data", "redis")]["ingress"]
-    assert set().union(*map(peers, redis_in)) == {"urna-process", "urna-monitoring"}
+    assert set().union(*map(peers, redis_in)) == {"urna-process", "urna-ingest", "urna-monitoring"}
     mongo_in = nps[("urna-data", "mongodb")]["ingress"]
     assert set().union(*map(peers, mongo_in)) == {"urna-process"}
-    # Producers talk to Kafka only (plus DNS); the consumer to Kafka, Redis, MongoDB.
-    assert set().union(*map(peers, nps[("urna-ingest", "producers")]["egress"])) == {"kafka"}
+    # Producers talk to Kafka and Redis (the idempotency store) only, on their ports (plus
+    # DNS); the consumer to Kafka, Redis, MongoDB.
+    producers_out = nps[("urna-ingest", "producers")]["egress"]
+    assert set().union(*map(peers, producers_out)) == {"kafka", "urna-data"}
+    assert {(p, port["port"]) for rule in producers_out for p in peers(rule) for port in rule.get("ports", [])} == \
+        {("kafka", 9092), ("urna-data", 6379)}
     assert set().union(*map(peers, nps[("urna-process", "consumer")]["egress"])) == {"kafka", "urna-data"}
     kafka_peers = chart.one(default_objects, "Kafka", "urna")["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
     assert {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in kafka_peers} == {"urna-ingest", "urna-process"}

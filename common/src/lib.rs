@@ -10,6 +10,8 @@
 //! - [`producer_http`]: the producer HTTP API of the design contract (`POST /votes`,
 //!   health, readiness, metrics) over any [`producer_http::VoteBackend`]; the Wasm host
 //!   and the gRPC client front differ only in their backend.
+//! - [`idempotency`]: the producers' `Idempotency-Key` store (one Redis for both
+//!   producers) and the key hash and window epoch the consumer shares with it.
 //! - [`http_server`]: serving it with bounded connections and a header deadline.
 //! - [`backoff`]: the one retry policy (exponential, jittered; `backon`).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, the same in every process.
@@ -23,6 +25,7 @@ pub mod backoff;
 pub mod config;
 pub mod deadline;
 pub mod http_server;
+pub mod idempotency;
 pub mod kafka;
 pub mod ops;
 pub mod producer_http;

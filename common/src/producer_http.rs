@@ -9,6 +9,9 @@
 //! | content type not JSON | `415` |
 //! | body not received within `URNA_BODY_READ_TIMEOUT_MS` | `408` |
 //! | Kafka unreachable or the delivery failed: the vote was **not** written | `503` + `Retry-After` |
+//! | a retry of a keyed vote answered 202 | the same `202 {"id"}` (+ `Idempotent-Replayed: true`) |
+//! | a key already used for another vote / still in flight | `422` / `409` naming `Idempotency-Key` |
+//! | a keyed vote while the idempotency store is down or full | `503` + `Retry-After` |
 //! | too many requests in flight | `429` |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus text |
 //!
@@ -18,8 +21,9 @@
 //! One `POST /votes`, in order: content type (415); the `Idempotency-Key` header, if
 //! any (400, see [`urna_vote::IdempotencyKey`]); the body, read within its own
 //! deadline (408) and bounded to 16 KiB (413); only then one of `URNA_MAX_IN_FLIGHT`
-//! permits (429), so slow clients cannot hold permits while they trickle; then the
-//! backend, under a [`Deadline`] of `URNA_REQUEST_TIMEOUT_MS` that cuts the request off
+//! permits (429), so slow clients cannot hold permits while they trickle; for a valid
+//! vote with a key, the idempotency store ([`crate::idempotency`]: replay, 422, 409, or
+//! 503 while it is down); then the backend, under a [`Deadline`] of `URNA_REQUEST_TIMEOUT_MS` that cuts the request off
 //! only until the backend hands the vote on (see [`crate::deadline`]). Connections are
 //! bounded and must send their headers in time ([`crate::http_server`]).
 
@@ -38,11 +42,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use urna_vote::{IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_BODY_BYTES};
+use urna_vote::{Ballot, IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_BODY_BYTES};
 
 use crate::config::ConfigError;
 use crate::deadline::Deadline;
 use crate::http_server::ConnectionLimits;
+use crate::idempotency::{Begin, Claim, IdempotencyStore, StoreError};
 use crate::kafka::{KafkaSettings, PublishError};
 
 /// HTTP front settings shared by both producers (flattened into their settings).
@@ -68,6 +73,13 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     /// `URNA_RETRY_AFTER_SECS`: the `Retry-After` of a 503.
     pub retry_after_secs: u32,
+    /// `URNA_REDIS_URL`: the idempotency store, one for both producers ([`crate::idempotency`]).
+    pub redis_url: String,
+    /// `URNA_REDIS_PREFIX`: the consumer's prefix; entries are `<prefix>:idempotency:request:…`.
+    pub redis_prefix: String,
+    /// `URNA_IDEMPOTENCY_WINDOW_SECS`: how long a key's first 202 is replayed; the
+    /// consumer's window has the same setting and must be the same.
+    pub idempotency_window_secs: u64,
 }
 
 impl Default for HttpSettings {
@@ -79,6 +91,9 @@ impl Default for HttpSettings {
             body_read_timeout_ms: 5_000,
             request_timeout_ms: 8_000,
             retry_after_secs: 2,
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_prefix: "votes".to_owned(),
+            idempotency_window_secs: 600,
         }
     }
 }
@@ -90,6 +105,17 @@ impl HttpSettings {
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
         }
+    }
+
+    /// The idempotency store: an entry in flight blocks its key for the request deadline
+    /// and 5 s more at most.
+    pub fn idempotency_store(&self) -> IdempotencyStore {
+        IdempotencyStore::new(
+            &self.redis_url,
+            &self.redis_prefix,
+            Duration::from_secs(self.idempotency_window_secs.max(1)),
+            Duration::from_millis(self.request_timeout_ms) + Duration::from_secs(5),
+        )
     }
 
     /// For a producer that publishes to Kafka itself: the request deadline must cover
@@ -180,6 +206,7 @@ pub trait VoteBackend: Send + Sync + 'static {
 struct AppState<B> {
     backend: Arc<B>,
     in_flight: Semaphore,
+    idempotency: IdempotencyStore,
     settings: HttpSettings,
 }
 
@@ -202,6 +229,7 @@ pub fn router<B: VoteBackend>(
     let state = Arc::new(AppState {
         backend,
         in_flight: Semaphore::new(settings.max_in_flight),
+        idempotency: settings.idempotency_store(),
         settings,
     });
     Router::new()
@@ -263,7 +291,7 @@ async fn post_vote<B: VoteBackend>(
 fn outcome_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         202 => "accepted",
-        400 | 408 | 413 | 415 | 422 => "rejected",
+        400 | 408 | 409 | 413 | 415 | 422 => "rejected",
         429 => "overloaded",
         503 => "unavailable",
         _ => "error",
@@ -327,11 +355,91 @@ async fn handle_vote<B: VoteBackend>(
             None,
         );
     };
+    // A keyed vote is recorded at the edge first (only a valid vote: anything else the
+    // backend refuses, and a refusal needs no memory).
+    let claim = match key
+        .as_ref()
+        .zip(urna_vote::parse_vote(&body, &Ballot::builtin()).ok())
+    {
+        None => None,
+        Some((key, vote)) => {
+            let fingerprint = crate::idempotency::fingerprint(&vote);
+            match state.idempotency.begin(key, &fingerprint).await {
+                Ok(Begin::New(claim)) => {
+                    idempotency_outcome("new");
+                    Some(claim)
+                }
+                Ok(Begin::Replay { id }) => {
+                    idempotency_outcome("replayed");
+                    let mut response = accepted(&id);
+                    response
+                        .headers_mut()
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    return response;
+                }
+                Ok(Begin::Mismatch) => {
+                    idempotency_outcome("mismatch");
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "this Idempotency-Key was already used for a different vote",
+                        Some(IDEMPOTENCY_KEY_HEADER),
+                    );
+                }
+                Ok(Begin::InFlight) => {
+                    idempotency_outcome("in_flight");
+                    let mut response = error(
+                        StatusCode::CONFLICT,
+                        "a request with this Idempotency-Key is still being processed; retry later",
+                        Some(IDEMPOTENCY_KEY_HEADER),
+                    );
+                    response.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(state.settings.retry_after_secs),
+                    );
+                    return response;
+                }
+                Err(e) => {
+                    idempotency_outcome(match e {
+                        StoreError::Full => "full",
+                        StoreError::Unavailable(_) => "unavailable",
+                    });
+                    tracing::warn!(error = %e, "keyed vote not accepted");
+                    return cast_error_response(
+                        CastError::Unavailable(format!(
+                            "{e}; votes without an Idempotency-Key are not affected"
+                        )),
+                        state.settings.retry_after_secs,
+                    );
+                }
+            }
+        }
+    };
+    let result = cast_within_deadline(state, body, key).await;
+    if let Some(claim) = claim {
+        settle(&state.idempotency, &claim, &result).await;
+    }
+    match result {
+        Ok(accepted_vote) => accepted(&accepted_vote.id),
+        Err(e) => {
+            if !matches!(e, CastError::Rejected { .. }) {
+                tracing::warn!(outcome = e.outcome(), error = %e, "vote not accepted");
+            }
+            cast_error_response(e, state.settings.retry_after_secs)
+        }
+    }
+}
+
+/// The backend's outcome, under the request deadline (see [`VoteBackend::cast`]).
+async fn cast_within_deadline<B: VoteBackend>(
+    state: &AppState<B>,
+    body: Bytes,
+    key: Option<IdempotencyKey>,
+) -> Result<Accepted, CastError> {
     let deadline = Deadline::after(Duration::from_millis(state.settings.request_timeout_ms));
     let cast = state.backend.cast(body, key, deadline.clone());
     tokio::pin!(cast);
     let until = deadline.at().map(tokio::time::sleep_until);
-    let result = match until {
+    match until {
         None => cast.await,
         Some(until) => {
             tokio::select! {
@@ -349,20 +457,33 @@ async fn handle_vote<B: VoteBackend>(
                 }
             }
         }
-    };
-    match result {
-        Ok(accepted) => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "id": accepted.id })),
-        )
-            .into_response(),
-        Err(e) => {
-            if !matches!(e, CastError::Rejected { .. }) {
-                tracing::warn!(outcome = e.outcome(), error = %e, "vote not accepted");
-            }
-            cast_error_response(e, state.settings.retry_after_secs)
-        }
     }
+}
+
+/// A written vote's key replays its id; an unwritten one's key is free for a retry. If
+/// Redis fails here, the entry expires after the request deadline: a retry is then
+/// published again and the consumer's window counts it once.
+async fn settle(store: &IdempotencyStore, claim: &Claim, result: &Result<Accepted, CastError>) {
+    let settled = match result {
+        Ok(accepted) => store.complete(claim, &accepted.id).await,
+        Err(_) => store.release(claim).await,
+    };
+    if let Err(e) = settled {
+        idempotency_outcome("unsettled");
+        tracing::warn!(error = %e, written = result.is_ok(), "idempotency entry not settled");
+    }
+}
+
+fn idempotency_outcome(outcome: &'static str) {
+    metrics::counter!("urna_idempotency_requests_total", "outcome" => outcome).increment(1);
+}
+
+fn accepted(id: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "id": id })),
+    )
+        .into_response()
 }
 
 fn cast_error_response(e: CastError, retry_after_secs: u32) -> Response {

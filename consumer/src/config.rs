@@ -39,9 +39,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `URNA_MEMBER_NAME`: shows up in logs and in each log document.
     pub member_name: String,
-    /// `URNA_IDEMPOTENCY_WINDOW_SECS`: how long a counted `Idempotency-Key` is
-    /// remembered in Redis; a retry within it is not counted again (MongoDB's unique
-    /// index keeps one log per key for ever).
+    /// `URNA_IDEMPOTENCY_WINDOW_SECS`: a key is counted and logged once per window epoch
+    /// of its acceptance time. The producers' setting of the same name (how long they
+    /// replay a key's first answer) must be the same.
     pub idempotency_window_secs: u64,
 }
 

@@ -2,7 +2,9 @@
 //!
 //! `_id = <topic>-<partition>-<offset>`, so a redelivered record hits a duplicate key
 //! and is ignored; so does a client's retry of a logged vote, on the unique index of
-//! `idempotency_key`. After a batch is fully in, the sink records its own next offset per
+//! `idempotency_slot` (`<partition>:<window epoch>:<key hash>`: a key is logged once per
+//! partition and window epoch of its acceptance time, the rule the Redis sink counts by).
+//! After a batch is fully in, the sink records its own next offset per
 //! partition (`LogCollections::raise_progress`, `$max`); on assignment a member
 //! starts at the lower of this and the Redis offset, so a crash between the two sinks
 //! never skips a log.
@@ -15,6 +17,7 @@ use mongodb::options::IndexOptions;
 
 use crate::batch::Batch;
 use crate::owner::Owner;
+use urna_common::idempotency::{key_hash, window_epoch};
 use urna_common::stores::{LogCollections, is_duplicate_key, only_duplicate_keys};
 
 /// `_id` of the owner document in the progress collection.
@@ -25,7 +28,12 @@ pub struct MongoSink {
     log: LogCollections,
     topic: String,
     member: String,
+    window_secs: u64,
 }
+
+/// The unique index of `idempotency_key` alone (before 2026-12): it refused the log of a
+/// key counted again a window later. Dropped at start.
+const PERMANENT_KEY_INDEX: &str = "idempotency_key_unique";
 
 impl MongoSink {
     pub async fn connect(
@@ -41,11 +49,20 @@ impl MongoSink {
             log,
             topic: topic.to_owned(),
             member: member.to_owned(),
+            window_secs: 600,
         })
     }
 
+    /// Logs a key once per window of `window_secs` (default 10 minutes): the Redis
+    /// sink's setting.
+    pub fn with_idempotency_window(mut self, window_secs: u64) -> MongoSink {
+        self.window_secs = window_secs.max(1);
+        self
+    }
+
     /// Creates the index behind "latest 20 logs" and the unique index that keeps one log
-    /// per idempotency key (sparse: votes without a key have no such field) — idempotent.
+    /// per idempotency key and window epoch (sparse: votes without a key have no such
+    /// field) — idempotent.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         let latest = IndexModel::builder()
             .keys(doc! { "logged_at": -1 })
@@ -56,10 +73,10 @@ impl MongoSink {
             )
             .build();
         let one_per_key = IndexModel::builder()
-            .keys(doc! { "idempotency_key": 1 })
+            .keys(doc! { "idempotency_slot": 1 })
             .options(
                 IndexOptions::builder()
-                    .name("idempotency_key_unique".to_owned())
+                    .name("idempotency_slot_unique".to_owned())
                     .unique(true)
                     .sparse(true)
                     .build(),
@@ -69,6 +86,10 @@ impl MongoSink {
         // `createIndexes` names several indexes that all exist already.
         for index in [latest, one_per_key] {
             self.log.logs.create_index(index).await?;
+        }
+        let names = self.log.logs.list_index_names().await?;
+        if names.iter().any(|n| n == PERMANENT_KEY_INDEX) {
+            self.log.logs.drop_index(PERMANENT_KEY_INDEX).await?;
         }
         Ok(())
     }
@@ -99,6 +120,14 @@ impl MongoSink {
                 // A retry of a logged key hits the unique index: a duplicate, ignored.
                 if !r.idempotency_key.is_empty() {
                     log.insert("idempotency_key", &r.idempotency_key);
+                    log.insert(
+                        "idempotency_slot",
+                        format!(
+                            "{partition}:{}:{}",
+                            window_epoch(r.accepted_at_micros, self.window_secs),
+                            key_hash(&r.idempotency_key)
+                        ),
+                    );
                 }
                 log
             })

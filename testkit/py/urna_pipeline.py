@@ -133,15 +133,18 @@ class Pipeline:
         self.grpc_url = "http://127.0.0.1:%d" % ports["grpc"]
         self.grpc_server_metrics = "http://127.0.0.1:%d" % ports["grpc_metrics"]
         kafka = {"URNA_KAFKA_BROKERS": KAFKA, "URNA_KAFKA_TOPIC": self.topic}
+        # The producers' idempotency store and the members' counters: one Redis, one prefix.
+        self.redis_env = {"URNA_REDIS_PREFIX": self.prefix,
+                          "URNA_REDIS_URL": "redis://127.0.0.1:%d/%d" % (REDIS_PORT, self.redis_db)}
         self.services: dict[str, Service] = {}
         self._add(Service("wasm-host", "urna-host", {
-            **kafka, "URNA_LISTEN": "127.0.0.1:%d" % ports["wasm"], "URNA_MODULE_DIR": str(MODULES),
+            **kafka, **self.redis_env, "URNA_LISTEN": "127.0.0.1:%d" % ports["wasm"], "URNA_MODULE_DIR": str(MODULES),
             "URNA_WASM_RUNTIME": wasm_runtime}, self.wasm_url))
         self._add(Service("grpc-server", "urna-grpc-server", {
             **kafka, "URNA_GRPC_LISTEN": "127.0.0.1:%d" % ports["grpc_server"],
             "URNA_METRICS_LISTEN": "127.0.0.1:%d" % ports["grpc_metrics"]}, self.grpc_server_metrics))
         self._add(Service("grpc-client", "urna-grpc-client", {
-            "URNA_LISTEN": "127.0.0.1:%d" % ports["grpc"],
+            **self.redis_env, "URNA_LISTEN": "127.0.0.1:%d" % ports["grpc"],
             "URNA_GRPC_SERVER_URL": "http://127.0.0.1:%d" % ports["grpc_server"]}, self.grpc_url))
         for _ in range(members):
             self._new_member()
@@ -156,8 +159,7 @@ class Pipeline:
         port = free_port()
         self._add(Service(name, "urna-consumer", {
             "URNA_KAFKA_BROKERS": KAFKA, "URNA_KAFKA_TOPIC": self.topic, "URNA_DLQ_TOPIC": self.dlq,
-            "URNA_GROUP_ID": self.group, "URNA_REDIS_PREFIX": self.prefix,
-            "URNA_REDIS_URL": "redis://127.0.0.1:%d/%d" % (REDIS_PORT, self.redis_db),
+            "URNA_GROUP_ID": self.group, **self.redis_env,
             "URNA_MONGO_URL": MONGO_URL, "URNA_MONGO_DB": self.mongo_db, "URNA_MONGO_COLLECTION": self.collection,
             "URNA_LISTEN": "127.0.0.1:%d" % port, "URNA_MEMBER_NAME": name}, "http://127.0.0.1:%d" % port))
         return name

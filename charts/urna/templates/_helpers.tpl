@@ -62,14 +62,26 @@ urna-redis.{{ .Values.namespaces.data.name }}.svc.{{ .Values.global.clusterDomai
 {{ join "," $hosts }}
 {{- end }}
 
-{{/* Env entries that build URNA_REDIS_URL and URNA_MONGO_URL from the Secrets in the
-     pod's namespace (Kubernetes expands $(VAR) from earlier entries). */}}
-{{- define "urna.storeEnv" -}}
+{{/* Env entries that build URNA_REDIS_URL from the Secret in the pod's namespace
+     (Kubernetes expands $(VAR) from earlier entries). */}}
+{{- define "urna.redisEnv" -}}
 - name: URNA_REDIS_PASSWORD
   valueFrom:
     secretKeyRef: {name: urna-redis, key: password}
 - name: URNA_REDIS_URL
   value: "redis://:$(URNA_REDIS_PASSWORD)@{{ include "urna.redisHost" . }}:6379"
+{{- end }}
+
+{{/* The producers' idempotency store: the consumer's Redis, prefix and window (the
+     two sides must agree on both). */}}
+{{- define "urna.idempotencyEnv" -}}
+{{ include "urna.redisEnv" . }}
+{{ include "urna.envMap" (pick .Values.consumer.env "URNA_REDIS_PREFIX" "URNA_IDEMPOTENCY_WINDOW_SECS") }}
+{{- end }}
+
+{{/* URNA_REDIS_URL and URNA_MONGO_URL. */}}
+{{- define "urna.storeEnv" -}}
+{{ include "urna.redisEnv" . }}
 - name: URNA_MONGO_PASSWORD
   valueFrom:
     secretKeyRef: {name: urna-mongodb, key: password}
@@ -111,4 +123,12 @@ readinessProbe:
 namespaceSelector:
   matchLabels:
     kubernetes.io/metadata.name: {{ . }}
+{{- end }}
+
+{{/* Redis maxmemory in MiB: the idempotency state of one window at the peak keyed rate,
+     plus the counters and offsets (redis.sizing in values.yaml). */}}
+{{- define "urna.redisMaxmemoryMiB" -}}
+{{- $z := .Values.redis.sizing -}}
+{{- $window := int (.Values.consumer.env.URNA_IDEMPOTENCY_WINDOW_SECS | default "600") -}}
+{{- add (int $z.baseMiB) (div (mul $window (int $z.peakKeyedVotesPerSecond) (int $z.bytesPerKeyedVote)) 1048576) -}}
 {{- end }}

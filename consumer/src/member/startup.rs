@@ -24,11 +24,10 @@ pub(super) fn owner(settings: &Settings) -> Owner {
 
 async fn redis_sink(settings: &Settings) -> redis::RedisResult<RedisSink> {
     let keys = Keys::new(&settings.redis_prefix, &settings.group_id);
-    let window = std::time::Duration::from_secs(settings.idempotency_window_secs);
     Ok(
         RedisSink::connect(&settings.redis_url, keys, owner(settings))
             .await?
-            .with_idempotency_window(window),
+            .with_idempotency_window(settings.idempotency_window_secs),
     )
 }
 
@@ -42,6 +41,7 @@ async fn mongo_sink(settings: &Settings) -> mongodb::error::Result<MongoSink> {
         &settings.member_name,
     )
     .await
+    .map(|sink| sink.with_idempotency_window(settings.idempotency_window_secs))
 }
 
 /// Connects both sinks, retrying with backoff until they answer (or shutdown).

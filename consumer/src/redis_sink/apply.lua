@@ -1,13 +1,15 @@
 -- One batch of votes → counters and offsets, atomically (urna consumer, redis_sink).
 --
 -- KEYS: 1 offsets (this group), 2 total, 3 bands, 4 albums, 5 rank_sum, 6 sources, 7 owner,
---       8.. the idempotency buckets (sets of keys): 8 the current one, then older ones
--- ARGV: 1 group, 2 topic, 3 bucket lifetime in ms, 4 partition count, then per partition:
---       partition, n, then n records of: offset, band, album key, rank, source, key
---       (band '' = a poison record: it only advances the offset; key '' = no key)
+--       then per partition of ARGV, in its order: the sorted set of the key hashes counted
+--       on it, scored by window epoch
+-- ARGV: 1 group, 2 topic, 3 partition count, then per partition:
+--       partition, n, then n records of: offset, band, album key, rank, source, key hash,
+--       window epoch (band '' = a poison record: it only advances the offset; key '' = no key)
 --
--- A record with a key that one of the buckets holds (or an earlier record of this batch
--- had) is a client's retry of a vote already counted: its offset advances, nothing else.
+-- A record whose key was counted in its own epoch (by an earlier batch or earlier in this
+-- one) is a client's retry of a vote already counted: its offset advances, nothing else.
+-- Each set then drops the epochs two behind the newest epoch of the batch, in record time.
 --
 -- Redis keeps the writes a script made before an error, so this script is in two
 -- halves: everything that can fail (arguments, key types, counter values, the owner
@@ -26,14 +28,13 @@ end
 
 -- 1. Arguments: parse everything before touching any key.
 local group, topic = ARGV[1], ARGV[2]
-local bucket_ttl = int(ARGV[3])
-local partitions = int(ARGV[4])
+local partitions = int(ARGV[3])
 if group == nil or group == '' or topic == nil or topic == '' or partitions == nil or partitions < 0
-    or bucket_ttl == nil or bucket_ttl < 1 or #KEYS < 8 then
-  return fail('BAD_ARGS', 'group, topic, bucket lifetime, partition count or keys')
+    or #KEYS ~= 7 + partitions then
+  return fail('BAD_ARGS', 'group, topic, partition count or keys')
 end
 local batches = {}
-local i = 5
+local i = 4
 for _ = 1, partitions do
   local part, n = int(ARGV[i]), int(ARGV[i + 1])
   if part == nil or part < 0 or n == nil or n < 1 then
@@ -43,9 +44,9 @@ for _ = 1, partitions do
   local records = {}
   local previous = -1
   for _ = 1, n do
-    local offset, band, album, rank, source, key =
-      int(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    if offset == nil or offset <= previous or key == nil then
+    local offset, band, album, rank, source, key, epoch =
+      int(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], int(ARGV[i + 6])
+    if offset == nil or offset <= previous or key == nil or epoch == nil then
       return fail('BAD_ARGS', 'record at argument ' .. i)
     end
     local r = { offset = offset }
@@ -55,33 +56,33 @@ for _ = 1, partitions do
         return fail('BAD_ARGS', 'vote at argument ' .. i)
       end
       r.band, r.album, r.source = band, album, source
-      if key ~= '' then r.key = key end
+      if key ~= '' then r.key, r.epoch = key, epoch end
     end
     previous = offset
     records[#records + 1] = r
-    i = i + 6
+    i = i + 7
   end
-  batches[#batches + 1] = { part = tostring(part), records = records }
+  batches[#batches + 1] = { part = tostring(part), records = records, keys = KEYS[7 + #batches + 1] }
 end
 if ARGV[i] ~= nil then return fail('BAD_ARGS', 'trailing arguments') end
 
 -- 2. Key types: a WRONGTYPE in the middle of the writes would leave half a batch.
 local expected_types = { 'hash', 'string', 'hash', 'hash', 'hash', 'hash', 'hash' }
 for k = 1, #KEYS do
-  local expected = expected_types[k] or 'set'
+  local expected = expected_types[k] or 'zset'
   local t = redis.call('TYPE', KEYS[k])['ok']
   if t ~= 'none' and t ~= expected then
     return fail('WRONGTYPE', KEYS[k] .. ' is a ' .. t .. ', not a ' .. expected)
   end
 end
 
-local new_keys = {} -- key → true: counted by this batch
-local function seen(key)
-  if new_keys[key] then return true end
-  for k = 8, #KEYS do
-    if redis.call('SISMEMBER', KEYS[k], key) == 1 then return true end
-  end
-  return false
+-- Per partition's set: key → epoch counted by this batch, and the newest epoch seen.
+local new_keys, newest = {}, {}
+local function seen(b, r)
+  local mine = new_keys[b.keys]
+  if mine and mine[r.key] == r.epoch then return true end
+  local score = redis.call('ZSCORE', b.keys, r.key)
+  return score ~= false and tonumber(score) == r.epoch
 end
 
 -- 3. Ownership: these counters belong to one (group, topic); offsets and counters
@@ -124,10 +125,16 @@ for _, b in ipairs(batches) do
     local applied, duplicates, next_offset = 0, 0, stored
     for _, r in ipairs(b.records) do
       if r.offset >= next_offset then
-        if r.band and r.key and seen(r.key) then
+        if r.key and (newest[b.keys] == nil or r.epoch > newest[b.keys]) then
+          newest[b.keys] = r.epoch
+        end
+        if r.band and r.key and seen(b, r) then
           duplicates = duplicates + 1
         elseif r.band then
-          if r.key then new_keys[r.key] = true end
+          if r.key then
+            new_keys[b.keys] = new_keys[b.keys] or {}
+            new_keys[b.keys][r.key] = r.epoch
+          end
           total = total + 1
           add(increments[1], r.band, 1)
           add(increments[2], r.album, 1)
@@ -168,8 +175,10 @@ if total > 0 then redis.call('INCRBY', KEYS[2], total) end
 for k = 1, 4 do
   for field, v in pairs(increments[k]) do redis.call('HINCRBY', KEYS[k + 2], field, v) end
 end
-if next(new_keys) ~= nil then
-  for key, _ in pairs(new_keys) do redis.call('SADD', KEYS[8], key) end
-  redis.call('PEXPIRE', KEYS[8], bucket_ttl)
+for set, keys in pairs(new_keys) do
+  for key, epoch in pairs(keys) do redis.call('ZADD', set, epoch, key) end
+end
+for set, epoch in pairs(newest) do
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', '(' .. (epoch - 1))
 end
 return result

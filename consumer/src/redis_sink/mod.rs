@@ -10,12 +10,14 @@
 //! (`skip.lua`).
 //!
 //! Idempotency keys: a vote whose record carries a client's `Idempotency-Key` is counted
-//! only if no earlier record with that key was counted within the window
-//! (`URNA_IDEMPOTENCY_WINDOW_SECS`). The keys counted live in sets, one per tenth of the
-//! window (`<prefix>:idempotency:<bucket>`); the script looks a key up in the current
-//! bucket and the ten before it and adds it to the current one, in the same atomic step
-//! as the offsets. A bucket expires as a whole once no lookup can reach it, so the state
-//! is bounded by the keys of about 1.1 windows (docs/architecture.md, "Idempotent retries").
+//! once per window epoch of its acceptance time ([`urna_common::idempotency::window_epoch`],
+//! `URNA_IDEMPOTENCY_WINDOW_SECS`), the rule the MongoDB sink's unique index applies too,
+//! so the two sinks agree on every record. Each partition keeps a sorted set
+//! (`<prefix>:idempotency:<partition>`) of key hashes scored by their epoch; a record is a
+//! retry when its key is there with its epoch. The set drops the epochs two behind the
+//! newest it has seen, in record time, so its size is bounded by the keys of about two
+//! windows, and a member that is hours behind still decides as MongoDB does
+//! (docs/architecture.md, "Idempotent retries").
 //!
 //! Redis does not roll back a script that fails half-way, so the script checks every
 //! argument, key type, counter value and the owner record before its first write.
@@ -24,6 +26,7 @@ use std::collections::BTreeMap;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
+use urna_common::idempotency::{key_hash, window_epoch};
 
 use crate::batch::{Batch, Entry, Item, album_key};
 use crate::owner::Owner;
@@ -64,7 +67,8 @@ pub struct Keys {
     pub sources: String,
     /// Hash `{group, topic}`: whose counters these are (written with the first batch).
     pub owner: String,
-    /// `<prefix>:idempotency`: the sets of idempotency keys counted, one per bucket.
+    /// `<prefix>:idempotency`: before `:<partition>`, the keys counted per epoch; before
+    /// `:request:<hash>`, the producers' entries ([`urna_common::idempotency`]).
     pub idempotency: String,
 }
 
@@ -80,6 +84,11 @@ impl Keys {
             owner: format!("{prefix}:owner"),
             idempotency: format!("{prefix}:idempotency"),
         }
+    }
+
+    /// The sorted set of key hashes counted on `partition`, scored by window epoch.
+    pub fn idempotency_of(&self, partition: i32) -> String {
+        format!("{}:{partition}", self.idempotency)
     }
 
     /// The counter keys (not the offsets of other groups, which `reset` finds by pattern).
@@ -107,39 +116,9 @@ pub struct RedisSink {
     conn: ConnectionManager,
     keys: Keys,
     owner: Owner,
-    window: IdempotencyWindow,
+    window_secs: u64,
     apply: Script,
     skip: Script,
-}
-
-/// How long a counted idempotency key is remembered, split into [`BUCKETS`] buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdempotencyWindow {
-    bucket_ms: u64,
-}
-
-/// Buckets per window: a lookup reads `BUCKETS + 1` sets, and the state holds up to
-/// `1 + 1/BUCKETS` windows of keys.
-pub const BUCKETS: u64 = 10;
-
-impl IdempotencyWindow {
-    /// A window of at least `window` (rounded up to whole milliseconds per bucket).
-    pub fn new(window: std::time::Duration) -> IdempotencyWindow {
-        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-        IdempotencyWindow {
-            bucket_ms: ms.div_ceil(BUCKETS).max(1),
-        }
-    }
-
-    /// At `now_ms` (Unix time): the buckets a lookup reads, current first, and how long
-    /// the current one must live after a write so every lookup that may read it finds it.
-    pub fn buckets(&self, now_ms: u64) -> (Vec<u64>, u64) {
-        let current = now_ms / self.bucket_ms;
-        let buckets = (0..=BUCKETS)
-            .filter_map(|back| current.checked_sub(back))
-            .collect();
-        (buckets, self.bucket_ms * (BUCKETS + 1))
-    }
 }
 
 impl RedisSink {
@@ -151,15 +130,15 @@ impl RedisSink {
             conn,
             keys,
             owner,
-            window: IdempotencyWindow::new(std::time::Duration::from_secs(600)),
+            window_secs: 600,
             apply: Script::new(include_str!("apply.lua")),
             skip: Script::new(include_str!("skip.lua")),
         })
     }
 
-    /// Remembers counted idempotency keys for `window` (default 10 minutes).
-    pub fn with_idempotency_window(mut self, window: std::time::Duration) -> RedisSink {
-        self.window = IdempotencyWindow::new(window);
+    /// Counts a key once per window of `window_secs` (default 10 minutes).
+    pub fn with_idempotency_window(mut self, window_secs: u64) -> RedisSink {
+        self.window_secs = window_secs.max(1);
         self
     }
 
@@ -184,18 +163,16 @@ impl RedisSink {
         ] {
             invocation.key(key);
         }
-        let (buckets, bucket_ttl_ms) = self.window.buckets(unix_millis());
-        for bucket in buckets {
-            invocation.key(format!("{}:{bucket}", self.keys.idempotency));
-        }
         let mut partitions: BTreeMap<i32, Vec<&Entry>> = BTreeMap::new();
         for e in &batch.entries {
             partitions.entry(e.partition).or_default().push(e);
         }
+        for partition in partitions.keys() {
+            invocation.key(self.keys.idempotency_of(*partition));
+        }
         invocation
             .arg(&self.owner.group)
             .arg(&self.owner.topic)
-            .arg(bucket_ttl_ms)
             .arg(partitions.len());
         for (partition, entries) in &partitions {
             invocation.arg(partition).arg(entries.len());
@@ -207,11 +184,17 @@ impl RedisSink {
                             .arg(&r.name)
                             .arg(album_key(r))
                             .arg(r.rank)
-                            .arg(r.source().label())
-                            .arg(&r.idempotency_key);
+                            .arg(r.source().label());
+                        if r.idempotency_key.is_empty() {
+                            invocation.arg("").arg(0);
+                        } else {
+                            invocation
+                                .arg(key_hash(&r.idempotency_key))
+                                .arg(window_epoch(r.accepted_at_micros, self.window_secs));
+                        }
                     }
                     Item::Poison { .. } => {
-                        invocation.arg("").arg("").arg(0).arg("").arg("");
+                        invocation.arg("").arg("").arg(0).arg("").arg("").arg(0);
                     }
                 }
             }
@@ -302,14 +285,13 @@ impl RedisSink {
         })
     }
 
-    /// Deletes the counters, the owner record and every group's offsets under this
-    /// prefix; returns the keys deleted.
+    /// Deletes the counters, the owner record, every group's offsets and every
+    /// idempotency structure under this prefix (the consumer's per-partition sets and the
+    /// producers' entries: a recount must not take the votes it recounts for retries);
+    /// returns what it deleted.
     pub async fn reset(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:offsets:*"))
-            .query_async(&mut conn)
-            .await?;
+        let mut keys = scan(&mut conn, &format!("{prefix}:offsets:*")).await?;
         keys.extend(self.keys.counters().map(str::to_owned));
         keys.push(self.keys.owner.clone());
         let mut deleted = Vec::new();
@@ -319,6 +301,22 @@ impl RedisSink {
                 deleted.push(key);
             }
         }
+        // Up to millions of entries: deleted in chunks and reported as a count.
+        let idempotency = scan(&mut conn, &format!("{}:*", self.keys.idempotency)).await?;
+        let mut entries = 0;
+        for chunk in idempotency.chunks(1000) {
+            let n: i64 = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await?;
+            entries += n;
+        }
+        if entries > 0 {
+            deleted.push(format!(
+                "{entries} idempotency keys ({}:*)",
+                self.keys.idempotency
+            ));
+        }
         Ok(deleted)
     }
 
@@ -327,13 +325,28 @@ impl RedisSink {
     }
 }
 
-/// The script's own refusals (`URNA_…`) are state problems, not connection trouble.
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// Every key matching `pattern` (`SCAN`, so Redis keeps serving meanwhile).
+async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>, SinkError> {
+    let mut cursor = 0u64;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
 }
 
+/// The script's own refusals (`URNA_…`) are state problems, not connection trouble.
 fn refused_or_redis(e: redis::RedisError) -> SinkError {
     match e.code() {
         Some(code) if code.starts_with("URNA_") => SinkError::Refused(e.to_string()),
@@ -401,25 +414,5 @@ mod tests {
         ] {
             assert!(parse_outcomes(&reply(bad)).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn a_key_is_found_for_a_whole_window_and_its_bucket_outlives_every_lookup() {
-        let window = IdempotencyWindow::new(std::time::Duration::from_secs(600));
-        let (at_write, ttl) = window.buckets(1_000_000_000_123);
-        assert_eq!(at_write.len() as u64, BUCKETS + 1);
-        assert_eq!(ttl, 660_000);
-        let written = at_write[0];
-        // Any lookup less than a window later reads the bucket written to ...
-        for later_ms in [0, 1, 59_999, 60_000, 599_999] {
-            let (read, _) = window.buckets(1_000_000_000_123 + later_ms);
-            assert!(read.contains(&written), "{later_ms} ms later");
-        }
-        // ... and the last lookup that reads it comes before it expires, even when the
-        // bucket's last write (which sets its lifetime) was its first moment.
-        let last_reader = (written + BUCKETS + 1) * 60_000 - 1;
-        assert!(window.buckets(last_reader).0.contains(&written));
-        assert!(!window.buckets(last_reader + 1).0.contains(&written));
-        assert!(written * 60_000 + ttl > last_reader);
     }
 }

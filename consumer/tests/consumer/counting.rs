@@ -24,33 +24,44 @@ async fn two_members_count_every_vote_exactly_once() {
     b.stop().await;
 }
 
+/// A keyed record: `key` "" for none; accepted at `at_micros`.
+fn keyed(run: &str, rank: u32, key: &str, at_micros: i64) -> Vec<u8> {
+    VoteRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: "Alux Nahual".into(),
+        album: "Conquista".into(),
+        year: 1982,
+        rank,
+        source: Source::Grpc as i32,
+        accepted_at_micros: at_micros,
+        ballot_version: String::new(),
+        idempotency_key: if key.is_empty() {
+            String::new()
+        } else {
+            format!("{run}-{key}")
+        },
+    }
+    .encode_to_vec()
+}
+
+fn applied(counted: u64, duplicates: u64) -> PartitionOutcome {
+    PartitionOutcome::Applied {
+        counted,
+        duplicates,
+    }
+}
+
 /// A client's retry (same idempotency key, new record at a new offset) is counted once
-/// and logged once, within a batch, across batches and across partitions; records
-/// without a key are all counted.
+/// and logged once, within a batch and across batches; records without a key are all
+/// counted. The window is per partition (the Kafka key puts a key's records on one):
+/// the same key on another partition counts in both sinks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_key_is_counted_and_logged_once() {
     let f = Fixture::new("idem").await;
     let redis = f.redis_sink().await;
     let mongo = f.mongo_sink().await;
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let record = |rank: u32, key: &str| {
-        VoteRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            name: "Alux Nahual".into(),
-            album: "Conquista".into(),
-            year: 1982,
-            rank,
-            source: Source::Grpc as i32,
-            accepted_at_micros: 1,
-            ballot_version: String::new(),
-            idempotency_key: if key.is_empty() {
-                String::new()
-            } else {
-                format!("{run}-{key}")
-            },
-        }
-        .encode_to_vec()
-    };
+    let record = |rank: u32, key: &str| keyed(&run, rank, key, 1);
     // Partition 0: a, a again (a retry in the same batch), no key, no key, b.
     let p0 = [
         record(1, "a"),
@@ -66,17 +77,11 @@ async fn a_retried_key_is_counted_and_logged_once() {
     );
     assert_eq!(
         redis.apply(&first).await.unwrap(),
-        BTreeMap::from([(
-            0,
-            PartitionOutcome::Applied {
-                counted: 4,
-                duplicates: 1
-            }
-        )])
+        BTreeMap::from([(0, applied(4, 1))])
     );
     assert_eq!(mongo.apply(&first).await.unwrap(), 4);
 
-    // Later batches: b again on partition 0, a again on partition 1, c new.
+    // Later batches: b again on partition 0, a on partition 1, c new.
     let later_p0 = record(3, "b");
     let later_p1 = [record(1, "a"), record(4, "c")];
     let second = Batch::decode([
@@ -86,73 +91,97 @@ async fn a_retried_key_is_counted_and_logged_once() {
     ]);
     assert_eq!(
         redis.apply(&second).await.unwrap(),
-        BTreeMap::from([
-            (
-                0,
-                PartitionOutcome::Applied {
-                    counted: 0,
-                    duplicates: 1
-                }
-            ),
-            (
-                1,
-                PartitionOutcome::Applied {
-                    counted: 1,
-                    duplicates: 1
-                }
-            ),
-        ])
+        BTreeMap::from([(0, applied(0, 1)), (1, applied(2, 0))])
     );
-    assert_eq!(mongo.apply(&second).await.unwrap(), 1);
+    assert_eq!(mongo.apply(&second).await.unwrap(), 2);
 
     // Replaying both batches (a crash before Kafka's commit) changes nothing.
     for batch in [&first, &second] {
         for outcome in redis.apply(batch).await.unwrap().values() {
-            assert_eq!(
-                *outcome,
-                PartitionOutcome::Applied {
-                    counted: 0,
-                    duplicates: 0
-                }
-            );
+            assert_eq!(*outcome, applied(0, 0));
         }
         assert_eq!(mongo.apply(batch).await.unwrap(), 0);
     }
 
     let state = f.redis_state().await;
-    assert_eq!(state.total, 5, "a, b, c and the two votes without a key");
-    assert_eq!(state.rank_sum["Alux Nahual|Conquista"], 1 + 2 + 2 + 3 + 4);
-    assert_eq!(f.mongo_count().await, 5);
+    assert_eq!(
+        state.total, 6,
+        "a twice (two partitions), b, c, two without a key"
+    );
+    assert_eq!(
+        state.rank_sum["Alux Nahual|Conquista"],
+        1 + 2 + 2 + 3 + 1 + 4
+    );
+    assert_eq!(f.mongo_count().await, 6);
     // Offsets moved past the duplicates: nothing is read twice.
     assert_eq!(
         redis.stored_offsets().await.unwrap(),
         BTreeMap::from([(0, 6), (1, 2)])
     );
-    // The keys are held in one bucket set, bounded by its lifetime (11 tenths of the
-    // default 10-minute window).
+    // One sorted set per partition, of fixed-size hashes, never the client's key.
     let mut conn = f.redis_conn().await;
-    let buckets: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", f.keys().idempotency))
+    for (partition, held) in [(0, 2), (1, 2)] {
+        let set = f.keys().idempotency_of(partition);
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&set)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(members.len(), held, "{set}: {members:?}");
+        assert!(members.iter().all(|m| m.len() == 32 && !m.contains(&run)));
+    }
+}
+
+/// A key retried a window later (by acceptance time) is a new vote for both sinks, so
+/// Redis counts it and MongoDB logs it; and each set forgets the epochs two behind the
+/// newest, so it holds about two windows of keys however long it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_a_window_later_is_counted_and_logged_again() {
+    let f = Fixture::new("window").await;
+    let redis = f.redis_sink().await.with_idempotency_window(10);
+    let mongo = f.mongo_sink().await.with_idempotency_window(10);
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let second = 1_000_000;
+    // Epoch 0 (t = 1 s), a retry in the same epoch (t = 9 s), epoch 1 (t = 11 s): the
+    // first and the last count.
+    let records = [
+        keyed(&run, 1, "a", second),
+        keyed(&run, 1, "a", 9 * second),
+        keyed(&run, 1, "a", 11 * second),
+    ];
+    for (offset, r) in records.iter().enumerate() {
+        let batch = Batch::decode([(0, offset as i64, Some(r.as_slice()))]);
+        redis.apply(&batch).await.unwrap();
+        mongo.apply(&batch).await.unwrap();
+    }
+    assert_eq!(f.redis_state().await.total, 2);
+    assert_eq!(f.mongo_count().await, 2);
+    // Epoch 3 drops epochs 0 and 1 from the set: only keys of epochs 2 and 3 remain.
+    let b = keyed(&run, 2, "b", 25 * second);
+    let c = keyed(&run, 2, "c", 35 * second);
+    for (offset, r) in [(3, &b), (4, &c)] {
+        let batch = Batch::decode([(0, offset, Some(r.as_slice()))]);
+        redis.apply(&batch).await.unwrap();
+        mongo.apply(&batch).await.unwrap();
+    }
+    let mut conn = f.redis_conn().await;
+    let scores: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg(f.keys().idempotency_of(0))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(matches!(buckets.len(), 1 | 2), "{buckets:?}");
-    let mut held = 0;
-    for bucket in &buckets {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(bucket)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!((1..=660_000).contains(&ttl), "{bucket}: {ttl}");
-        let n: i64 = redis::cmd("SCARD")
-            .arg(bucket)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        held += n;
-    }
-    assert_eq!(held, 3);
+    assert_eq!(
+        scores.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+        vec![2, 3],
+        "{scores:?}"
+    );
+    assert_eq!(f.redis_state().await.total, 4);
+    assert_eq!(f.mongo_count().await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,3 +415,54 @@ async fn a_dead_letter_outage_holds_the_partition_and_shows_in_readiness() {
     assert_eq!(f.dlq_records(), 1);
     member.stop().await;
 }
+
+/// `reset --yes` clears every idempotency structure: the recount counts (and logs) the
+/// keyed votes of the last window again, and a producer's entry is gone too. (Before,
+/// the recount skipped every keyed vote still in the window while MongoDB logged it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_recounts_keyed_votes_too() {
+    let mut f = Fixture::new("resetkeys").await;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let records: Vec<_> = (0..20)
+        .map(|i| {
+            let mut r = vote(i);
+            r.idempotency_key = format!("{run}-{i}");
+            r
+        })
+        .collect();
+    for r in &records {
+        f.expected.add(r);
+    }
+    produce_raw(
+        f.brokers(),
+        f.topic(),
+        records.iter().map(|r| (None, r.encode_to_vec())),
+    )
+    .await;
+    let member = spawn_in_process(f.member_settings("keys-a")).await;
+    f.assert_exactly_once(Duration::from_secs(60)).await;
+    member.stop().await;
+    let mut conn = f.redis_conn().await;
+    let entry = format!("{}:request:{}", f.keys().idempotency, "0".repeat(32));
+    let _: () = redis::cmd("SET")
+        .arg(&entry)
+        .arg("done:x:y")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let removed = urna_consumer::reset(&f.settings).await.unwrap();
+    assert!(
+        removed.iter().any(|r| r.contains("idempotency keys")),
+        "{removed:?}"
+    );
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", f.keys().idempotency))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, Vec::<String>::new());
+    let member = spawn_in_process(f.member_settings("keys-b")).await;
+    f.assert_exactly_once(Duration::from_secs(60)).await;
+    member.stop().await;
+}

@@ -1,0 +1,359 @@
+//! `Idempotency-Key` at the producers' edge, after draft-ietf-httpapi-idempotency-key-header:
+//! both producers record each key in one Redis store with a fingerprint of the normalised
+//! vote, so a retry on either producer is answered with the first answer (same id, not
+//! published again), the same key with another vote is a 422, and a key whose first
+//! request is still in flight is a 409 (docs/architecture.md, "Idempotent retries").
+//!
+//! An entry is `<prefix>:idempotency:request:<key hash>` → `pending:<fingerprint>:<token>`
+//! while its request is in flight (expiring after the request deadline, so a producer that
+//! dies mid-request does not block the key for long), then `done:<fingerprint>:<id>` for
+//! the window. A request that did not end in a 202 removes its entry: "not written" means
+//! a retry is a new request. The store holds hashes of fixed size, never the client's key.
+//!
+//! The consumer's window ([`window_epoch`]) is the second line of defence for the one case
+//! the edge cannot see: a producer that died between Kafka's ack and its `done` write.
+
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, OnceCell};
+use urna_vote::{IdempotencyKey, Vote};
+
+/// Hex of the first 16 bytes of SHA-256: what the stores keep of a client's key (and of
+/// a vote), 32 characters whatever the client sent.
+fn short_hash(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fixed-size form of a client's `Idempotency-Key` that every store keeps.
+pub fn key_hash(key: &str) -> String {
+    short_hash(key.as_bytes())
+}
+
+/// What makes two requests "the same vote": the ballot's spelling of band and album, the
+/// year and the rank (so a name in other letter case or with spaces around agrees).
+pub fn fingerprint(vote: &Vote) -> String {
+    short_hash(
+        format!(
+            "{}\n{}\n{}\n{}",
+            vote.band.name,
+            vote.album.title,
+            vote.year(),
+            vote.rank.get()
+        )
+        .as_bytes(),
+    )
+}
+
+/// The window a record belongs to, by its acceptance time: the consumer's sinks count
+/// (Redis) and log (MongoDB) a key once per window epoch, the same rule in both. A retry
+/// the edge answers as new (its entry expired a window after the first 202) always falls
+/// into a later epoch.
+pub fn window_epoch(accepted_at_micros: i64, window_secs: u64) -> i64 {
+    let window = i64::try_from(window_secs.max(1).saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    accepted_at_micros.div_euclid(window)
+}
+
+/// What the store says about a keyed request before it is cast.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// First time (or the earlier attempt was not written): go on, then
+    /// [`IdempotencyStore::complete`] or [`IdempotencyStore::release`] the claim.
+    New(Claim),
+    /// The key was answered 202 with this id for the same vote: answer the same.
+    Replay { id: String },
+    /// The key was used with a different vote: 422.
+    Mismatch,
+    /// The key's first request is still being decided: 409.
+    InFlight,
+}
+
+/// A key this request holds while it is in flight.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Claim {
+    entry: String,
+    pending: String,
+    fingerprint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the idempotency store (Redis) is not reachable: {0}")]
+    Unavailable(String),
+    /// Redis refuses writes at `maxmemory` (the chart sets `noeviction`).
+    #[error("the idempotency store (Redis) is full (maxmemory)")]
+    Full,
+}
+
+/// The edge store, shared by both producers. Each call is one atomic script, one round
+/// trip bounded by 1 s: a slow Redis costs a keyed vote a 503, never a hang.
+pub struct IdempotencyStore {
+    url: String,
+    prefix: String,
+    window: Duration,
+    pending: Duration,
+    timeout: Duration,
+    conn: OnceCell<ConnectionManager>,
+    /// When the gauges were last refreshed (at most every [`GAUGE_INTERVAL`]).
+    gauges_at: Mutex<Option<Instant>>,
+    begin: Script,
+    complete: Script,
+    release: Script,
+}
+
+const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
+
+const BEGIN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return {'new'}
+end
+local state, fp, rest = string.match(v, '^(%a+):(%x+):(.*)$')
+if fp ~= ARGV[1] then return {'mismatch'} end
+if state == 'pending' then return {'in_flight'} end
+return {'done', rest}
+";
+
+// Only the request that holds the entry moves it on: after its pending entry expired, a
+// retry may hold the key now.
+const COMPLETE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+";
+
+impl IdempotencyStore {
+    /// A store at `url`; it connects at its first use, so a producer starts (and serves
+    /// votes without a key) while Redis is down. `pending` is how long an entry in flight
+    /// blocks its key at most: longer than the request deadline.
+    pub fn new(url: &str, prefix: &str, window: Duration, pending: Duration) -> IdempotencyStore {
+        IdempotencyStore {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            window,
+            pending,
+            timeout: Duration::from_secs(1),
+            conn: OnceCell::new(),
+            gauges_at: Mutex::new(None),
+            begin: Script::new(BEGIN),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    /// `<prefix>:idempotency:request:<hash>`.
+    pub fn entry_key(&self, key: &IdempotencyKey) -> String {
+        format!(
+            "{}:idempotency:request:{}",
+            self.prefix,
+            key_hash(key.as_str())
+        )
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let client = redis::Client::open(self.url.as_str())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1);
+                tokio::time::timeout(
+                    self.timeout * 2,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| StoreError::Unavailable("connect timed out".to_owned()))?
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Records `key` for the vote with `fingerprint`, unless it is known.
+    pub async fn begin(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+    ) -> Result<Begin, StoreError> {
+        let entry = self.entry_key(key);
+        let pending = format!("pending:{fingerprint}:{}", uuid::Uuid::now_v7().simple());
+        let mut conn = self.conn().await?;
+        let mut invocation = self.begin.prepare_invoke();
+        invocation
+            .key(&entry)
+            .arg(fingerprint)
+            .arg(&pending)
+            .arg(millis(self.pending));
+        let reply: Vec<String> = self.call(invocation.invoke_async(&mut conn)).await?;
+        self.refresh_gauges(conn).await;
+        let outcome = match reply.first().map(String::as_str) {
+            Some("new") => Begin::New(Claim {
+                entry,
+                pending,
+                fingerprint: fingerprint.to_owned(),
+            }),
+            Some("done") => Begin::Replay {
+                id: reply.get(1).cloned().unwrap_or_default(),
+            },
+            Some("mismatch") => Begin::Mismatch,
+            Some("in_flight") => Begin::InFlight,
+            _ => {
+                return Err(StoreError::Unavailable(format!(
+                    "unexpected reply {reply:?}"
+                )));
+            }
+        };
+        Ok(outcome)
+    }
+
+    /// The claimed request got its 202 with `id`: retries for a window get the same.
+    pub async fn complete(&self, claim: &Claim, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = self.complete.prepare_invoke();
+        invocation
+            .key(&claim.entry)
+            .arg(&claim.pending)
+            .arg(format!("done:{}:{id}", claim.fingerprint))
+            .arg(millis(self.window));
+        self.call::<i64>(invocation.invoke_async(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// The claimed request was not written: a retry is a new request.
+    pub async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = self.release.prepare_invoke();
+        invocation.key(&claim.entry).arg(&claim.pending);
+        self.call::<i64>(invocation.invoke_async(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+            Ok(Err(e)) if is_oom(&e) => Err(StoreError::Full),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// `urna_idempotency_keys`: the keys with an expiry in the store's database (only
+    /// this store's entries expire there), and Redis's used memory, every 10 s at most.
+    async fn refresh_gauges(&self, mut conn: ConnectionManager) {
+        {
+            let mut at = self.gauges_at.lock().await;
+            if at.is_some_and(|t| t.elapsed() < GAUGE_INTERVAL) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let mut info = redis::cmd("INFO");
+        info.arg("keyspace").arg("memory");
+        let info = info.query_async::<String>(&mut conn);
+        if let Ok(Ok(info)) = tokio::time::timeout(self.timeout, info).await {
+            if let Some(n) = info_field(&info, "expires") {
+                metrics::gauge!("urna_idempotency_keys").set(n);
+            }
+            if let Some(n) = info_field(&info, "used_memory") {
+                metrics::gauge!("urna_idempotency_store_used_memory_bytes").set(n);
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
+}
+
+/// `used_memory:123` or, in `db0:keys=5,expires=3,avg_ttl=…`, `expires=3` (first database).
+fn info_field(info: &str, name: &str) -> Option<f64> {
+    info.lines().find_map(|line| {
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix(&format!("{name}:")) {
+            return v.parse().ok();
+        }
+        line.strip_prefix("db")?
+            .split_once(':')?
+            .1
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))?
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urna_vote::{Ballot, parse_vote};
+
+    #[test]
+    fn hashes_have_a_fixed_size_whatever_the_key() {
+        assert_eq!(key_hash("a").len(), 32);
+        assert_eq!(key_hash(&"k".repeat(64)).len(), 32);
+        assert_ne!(key_hash("a"), key_hash("b"));
+    }
+
+    #[test]
+    fn the_same_vote_spelt_differently_has_one_fingerprint() {
+        let ballot = Ballot::builtin();
+        let band = ballot.bands()[0].name;
+        let album = ballot.bands()[0].albums[0].title;
+        let year = ballot.bands()[0].albums[0].year;
+        let vote = |name: &str, rank: u8| {
+            let body =
+                serde_json::json!({"name": name, "album": album, "year": year, "rank": rank});
+            parse_vote(body.to_string().as_bytes(), &ballot).expect("valid vote")
+        };
+        let spelt_otherwise = format!("  {}  ", band.to_uppercase());
+        assert_eq!(
+            fingerprint(&vote(band, 3)),
+            fingerprint(&vote(&spelt_otherwise, 3))
+        );
+        assert_ne!(fingerprint(&vote(band, 3)), fingerprint(&vote(band, 4)));
+    }
+
+    #[test]
+    fn epochs_split_time_into_whole_windows() {
+        assert_eq!(window_epoch(0, 600), 0);
+        assert_eq!(window_epoch(599_999_999, 600), 0);
+        assert_eq!(window_epoch(600_000_000, 600), 1);
+        // Two records a whole window apart are never in one epoch.
+        for t in [1, 123_456_789, 599_999_999] {
+            assert_ne!(window_epoch(t, 600), window_epoch(t + 600_000_000, 600));
+        }
+        assert_eq!(window_epoch(-1, 600), -1);
+    }
+
+    #[test]
+    fn info_fields() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n# Keyspace\r\ndb0:keys=7,expires=3,avg_ttl=100\r\n";
+        assert_eq!(info_field(info, "used_memory"), Some(1_048_576.0));
+        assert_eq!(info_field(info, "expires"), Some(3.0));
+        assert_eq!(info_field("# Keyspace\r\n", "expires"), None);
+    }
+}
