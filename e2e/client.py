@@ -119,7 +119,9 @@ class Client:
                 with self.record.lock:
                     self.record.accepted[vote.key] = vote
                 return
-            if isinstance(status, int) and 400 <= status < 500 and status != 429:
+            # 409: the key's earlier attempt is still being decided (or its answer was
+            # lost with a frozen store): retry after Retry-After, like 429 and 503.
+            if isinstance(status, int) and 400 <= status < 500 and status not in (409, 429):
                 raise AssertionError("valid vote %s refused with %s: %s" % (vote.key, status, response.text))
             if time.monotonic() > stop_at:
                 with self.record.lock:

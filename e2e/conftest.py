@@ -82,6 +82,25 @@ def stack():
     restore_stack()
 
 
+def stack_pid_or_none(service: str) -> int | None:
+    """The service's pid, or None while it is being restarted."""
+    try:
+        return stack_pid(service)
+    except ValueError:
+        return None
+
+
+def readyz_body(base_url: str) -> str:
+    """The body of `GET /readyz` (its reasons when not ready)."""
+    try:
+        with urllib.request.urlopen(base_url + "/readyz", timeout=1) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+    except OSError as e:
+        return repr(e)
+
+
 def readyz(base_url: str) -> int | None:
     """The status of `GET /readyz` (None if nothing answers within a second)."""
     try:

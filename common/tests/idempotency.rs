@@ -83,6 +83,18 @@ async fn post(base: &str, key: &str, body: &str) -> (u16, Value, reqwest::header
     (status, r.json().await.unwrap(), headers)
 }
 
+async fn post_unkeyed(base: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/votes"))
+        .header("content-type", "application/json")
+        .body(support::VOTE)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 const OTHER_VOTE: &str = r#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":5}"#;
 
 #[tokio::test]
@@ -220,14 +232,7 @@ async fn without_its_store_a_keyed_vote_is_503_and_an_unkeyed_one_is_not_affecte
         "{body}"
     );
     assert_eq!(backend.casts.load(Ordering::SeqCst), 0);
-    let r = reqwest::Client::new()
-        .post(format!("{}/votes", app.base))
-        .header("content-type", "application/json")
-        .body(support::VOTE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(post_unkeyed(&app.base).await, 202);
 }
 
 /// A private Redis at `maxmemory` (noeviction, as the chart runs it): a keyed vote is a
@@ -295,14 +300,7 @@ async fn at_maxmemory_a_keyed_vote_is_503_and_nothing_is_written() {
     let size: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
     assert_eq!(size, 0);
     assert_eq!(backend.casts.load(Ordering::SeqCst), 0);
-    let r = reqwest::Client::new()
-        .post(format!("{}/votes", app.base))
-        .header("content-type", "application/json")
-        .body(support::VOTE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(post_unkeyed(&app.base).await, 202);
     server.kill().unwrap();
     server.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();

@@ -77,6 +77,15 @@ impl Batch {
         next
     }
 
+    /// The first offset of each partition in the batch.
+    pub fn first_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut first = BTreeMap::new();
+        for e in &self.entries {
+            first.entry(e.partition).or_insert(e.offset);
+        }
+        first
+    }
+
     /// Adds `other`'s records (of other partitions or later offsets).
     pub fn extend(&mut self, other: Batch) {
         self.entries.extend(other.entries);

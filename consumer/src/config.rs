@@ -43,6 +43,11 @@ pub struct Settings {
     /// of its acceptance time. The producers' setting of the same name (how long they
     /// replay a key's first answer) must be the same.
     pub idempotency_window_secs: u64,
+    /// `URNA_SINK_TIMEOUT_MS`: deadline of one call to Redis or MongoDB. A frozen store
+    /// (its driver has no socket timeout) fails the call instead of hanging the member;
+    /// a MongoDB that fails is left behind while Redis counts on (docs/architecture.md,
+    /// "Each sink at its own pace").
+    pub sink_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -63,6 +68,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             member_name: std::env::var("HOSTNAME").unwrap_or_else(|_| "consumer".into()),
             idempotency_window_secs: 600,
+            sink_timeout_ms: 2_000,
         }
     }
 }

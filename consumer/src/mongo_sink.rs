@@ -10,6 +10,7 @@
 //! never skips a log.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use mongodb::IndexModel;
 use mongodb::bson::{DateTime, Document, doc};
@@ -29,6 +30,19 @@ pub struct MongoSink {
     topic: String,
     member: String,
     window_secs: u64,
+    /// The next offset per partition this sink is known to have logged up to: a batch
+    /// that starts past it would leave a hole.
+    known_next: Arc<Mutex<BTreeMap<i32, i64>>>,
+}
+
+/// What [`MongoSink::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoApplied {
+    /// Log documents that were new.
+    pub inserted: u64,
+    /// Partitions left out because the batch starts past this sink's progress, with
+    /// that progress: the member re-reads them from there.
+    pub gaps: Vec<(i32, i64)>,
 }
 
 /// The unique index of `idempotency_key` alone (before 2026-12): it refused the log of a
@@ -50,6 +64,7 @@ impl MongoSink {
             topic: topic.to_owned(),
             member: member.to_owned(),
             window_secs: 600,
+            known_next: Arc::default(),
         })
     }
 
@@ -94,8 +109,65 @@ impl MongoSink {
         Ok(())
     }
 
-    /// Inserts the batch's log documents; returns how many were new.
-    pub async fn apply(&self, batch: &Batch) -> mongodb::error::Result<u64> {
+    /// Inserts the batch's log documents of every partition it continues, and raises
+    /// their progress. A partition whose records start past this sink's progress (it
+    /// missed batches while MongoDB was away, and Redis went on) is left out and
+    /// reported as a gap, so the progress never jumps over logs not written.
+    pub async fn apply(&self, batch: &Batch) -> mongodb::error::Result<MongoApplied> {
+        let firsts = batch.first_offsets();
+        let mut known = self
+            .known_next
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        if firsts
+            .iter()
+            .any(|(p, first)| known.get(p).is_none_or(|next| first > next))
+        {
+            // Another member may have moved it on while this one did not own it.
+            for (p, next) in self.log.read_progress().await? {
+                let slot = known.entry(p).or_insert(next);
+                *slot = (*slot).max(next);
+            }
+        }
+        let gaps: Vec<(i32, i64)> = firsts
+            .iter()
+            .filter_map(|(&p, &first)| {
+                let next = known.get(&p).copied().unwrap_or(0);
+                (first > next).then_some((p, next))
+            })
+            .collect();
+        let batch = batch.retain_partitions(|p| !gaps.iter().any(|&(g, _)| g == p));
+        let inserted = self.insert(&batch).await?;
+        let next = batch.next_offsets();
+        self.log.raise_progress(&next).await?;
+        if let Ok(mut cache) = self.known_next.lock() {
+            for (p, n) in next {
+                let slot = cache.entry(p).or_insert(n);
+                *slot = (*slot).max(n);
+            }
+            for (p, n) in known {
+                cache.entry(p).or_insert(n);
+            }
+        }
+        Ok(MongoApplied { inserted, gaps })
+    }
+
+    /// Raises `partition`'s progress to `to` without logs: the records below were
+    /// deleted by Kafka before they were logged (counted as lost by the member).
+    pub async fn skip_lost(&self, partition: i32, to: i64) -> mongodb::error::Result<()> {
+        self.log
+            .raise_progress(&BTreeMap::from([(partition, to)]))
+            .await?;
+        if let Ok(mut cache) = self.known_next.lock() {
+            let slot = cache.entry(partition).or_insert(to);
+            *slot = (*slot).max(to);
+        }
+        Ok(())
+    }
+
+    /// Inserts the log documents of `batch`; returns how many were new.
+    async fn insert(&self, batch: &Batch) -> mongodb::error::Result<u64> {
         let logged_at = DateTime::now();
         let docs: Vec<Document> = batch
             .votes()
@@ -144,8 +216,15 @@ impl MongoSink {
                 },
             }
         };
-        self.log.raise_progress(&batch.next_offsets()).await?;
         Ok(inserted)
+    }
+
+    /// True when MongoDB answers a read of this sink's progress within `within`.
+    pub async fn answers(&self, within: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.log.read_progress()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The next offset per partition this sink has fully written.

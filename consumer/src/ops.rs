@@ -1,8 +1,8 @@
 //! `/healthz`, `/readyz`, `/metrics` of a consumer member.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -13,8 +13,10 @@ use urna_common::kafka::StallWatch;
 pub struct Health {
     /// In the group (set once subscribed).
     pub subscribed: AtomicBool,
-    /// Redis and MongoDB took the last batch (or answered at start).
-    pub sinks_ok: AtomicBool,
+    /// Since when each sink has failed every call (deadline, error), with the last error.
+    sinks: [Mutex<Option<(Instant, String)>>; 2],
+    /// Connected at start (until then neither sink has answered).
+    sinks_connected: AtomicBool,
     /// The dead-letter topic took the last poison records (true until it fails).
     dlq_down: AtomicBool,
     /// A sink refused the state (another owner, a broken key): an operator must act.
@@ -31,7 +33,8 @@ impl Health {
     pub fn new(kafka: StallWatch, kafka_ready_within: Duration) -> Health {
         Health {
             subscribed: AtomicBool::new(false),
-            sinks_ok: AtomicBool::new(false),
+            sinks: Default::default(),
+            sinks_connected: AtomicBool::new(false),
             dlq_down: AtomicBool::new(false),
             state_refused: AtomicBool::new(false),
             kafka_fatal: AtomicBool::new(false),
@@ -46,8 +49,17 @@ impl Health {
         if !self.subscribed.load(Ordering::Relaxed) {
             reasons.push("not subscribed to the topic yet".to_owned());
         }
-        if !self.sinks_ok.load(Ordering::Relaxed) {
-            reasons.push("Redis or MongoDB did not take the last batch".to_owned());
+        if !self.sinks_connected.load(Ordering::Relaxed) {
+            reasons.push("Redis and MongoDB not connected yet".to_owned());
+        }
+        for sink in [Sink::Redis, Sink::Mongo] {
+            if let Some((since, error)) = self.sink_failing(sink) {
+                reasons.push(format!(
+                    "{} has applied nothing for {:.1} s: {error}",
+                    sink.name(),
+                    since.elapsed().as_secs_f64()
+                ));
+            }
         }
         if self.dlq_down.load(Ordering::Relaxed) {
             reasons.push("the dead-letter topic refuses poison records".to_owned());
@@ -80,9 +92,31 @@ impl Health {
         ok
     }
 
-    pub fn set_sinks_ok(&self, ok: bool) {
-        self.sinks_ok.store(ok, Ordering::Relaxed);
-        up_gauge("sinks", ok);
+    pub fn set_sinks_connected(&self) {
+        self.sinks_connected.store(true, Ordering::Relaxed);
+    }
+
+    /// A call to `sink` applied its batch.
+    pub fn sink_applied(&self, sink: Sink) {
+        if let Ok(mut state) = self.sinks[sink as usize].lock() {
+            *state = None;
+        }
+        up_gauge(sink.part(), true);
+    }
+
+    /// A call to `sink` that started at `started` failed with `error`: the sink has
+    /// applied nothing since then, unless it was failing already.
+    pub fn sink_failed(&self, sink: Sink, started: Instant, error: String) {
+        if let Ok(mut state) = self.sinks[sink as usize].lock() {
+            let since = state.as_ref().map_or(started, |(since, _)| *since);
+            *state = Some((since, error));
+        }
+        up_gauge(sink.part(), false);
+    }
+
+    /// Since when `sink` has failed, and its last error.
+    pub fn sink_failing(&self, sink: Sink) -> Option<(Instant, String)> {
+        self.sinks[sink as usize].lock().ok()?.clone()
     }
 
     pub fn set_dlq_ok(&self, ok: bool) {
@@ -97,6 +131,29 @@ impl Health {
     pub fn set_kafka_fatal(&self) {
         self.kafka_fatal.store(true, Ordering::Relaxed);
         up_gauge("kafka", false);
+    }
+}
+
+/// The two sinks a member writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Redis = 0,
+    Mongo = 1,
+}
+
+impl Sink {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sink::Redis => "Redis",
+            Sink::Mongo => "MongoDB",
+        }
+    }
+
+    fn part(self) -> &'static str {
+        match self {
+            Sink::Redis => "redis",
+            Sink::Mongo => "mongo",
+        }
     }
 }
 

@@ -191,12 +191,12 @@ async fn measure(sinks: &Sinks, args: &Args) -> anyhow::Result<f64> {
         let started = Instant::now();
         match args.sink {
             Sink::Redis => counted += apply_redis(&sinks.redis, &batch).await?,
-            Sink::Mongo => logged += sinks.mongo.apply(&batch).await.context("MongoDB")?,
+            Sink::Mongo => logged += sinks.mongo.apply(&batch).await.context("MongoDB")?.inserted,
             Sink::Both => {
                 let (r, m) =
                     tokio::join!(apply_redis(&sinks.redis, &batch), sinks.mongo.apply(&batch));
                 counted += r?;
-                logged += m.context("MongoDB")?;
+                logged += m.context("MongoDB")?.inserted;
             }
         }
         busy += started.elapsed();

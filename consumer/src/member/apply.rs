@@ -1,18 +1,25 @@
-//! A batch → both sinks: dead letters first, then Redis and Mongo concurrently, retried
-//! while a sink is down, and gaps resolved (re-read, or skip what Kafka deleted).
+//! A batch → both sinks: dead letters first, then Redis and Mongo concurrently under a
+//! deadline each; Redis retried while it is down, MongoDB left behind while it is (it
+//! catches up from its own progress), and gaps resolved (re-read, or skip what Kafka
+//! deleted).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
+use rdkafka::Message as _;
+
 use super::{Member, observe};
 use crate::batch::Batch;
+use crate::ops::Sink;
 use crate::positions::{GapAction, gap_action};
 use crate::redis_sink::{PartitionOutcome, SinkError};
+
+/// How often a MongoDB left behind is asked whether it answers again.
+const MONGO_PROBE: Duration = Duration::from_secs(1);
 
 impl Member {
     /// Applies a batch, retrying with backoff while a sink is down. Returns what the
@@ -42,7 +49,6 @@ impl Member {
                     continue;
                 }
             };
-            self.health.set_sinks_ok(true);
             self.health.set_state_refused(false);
             let gapped: BTreeSet<i32> = gaps.iter().map(|&(p, _)| p).collect();
             applied.extend(pending.retain_partitions(|p| !gapped.contains(&p)));
@@ -87,11 +93,14 @@ impl Member {
     }
 
     /// Dead letters first (so none is lost if the sinks then fail), then both sinks
-    /// concurrently. Returns the partitions that have a gap before this batch.
+    /// concurrently, each under the sink deadline. Returns the partitions that have a gap
+    /// in Redis before this batch; an error when Redis did not take it. MongoDB does not
+    /// hold Redis back: when it fails, the batch goes on without it, MongoDB is tried
+    /// again once it answers a probe, and it then re-reads from its own progress.
     async fn apply_once(&mut self, batch: &Batch) -> anyhow::Result<Vec<(i32, i64)>> {
         if batch.poison().next().is_some() {
             let stored = self.sinks.redis.stored_offsets().await.inspect_err(|e| {
-                self.note_sink_error(e);
+                self.note_sink_error(e, Instant::now());
             })?;
             let pending = self.dead_letters.pending(batch, &stored);
             let sent = self.dead_letters.send(&pending).await;
@@ -99,24 +108,61 @@ impl Member {
             sent?;
         }
 
+        let deadline = Duration::from_millis(self.settings.sink_timeout_ms);
+        // Left behind, MongoDB is tried again only once a probe got an answer: a frozen
+        // MongoDB would otherwise hold every few batches for a whole deadline.
+        let try_mongo = self
+            .mongo_probe
+            .as_ref()
+            .is_none_or(|probe| probe.is_finished());
+        let started = Instant::now();
         let (redis, mongo) = tokio::join!(
             async {
-                let started = Instant::now();
-                let r = self.sinks.redis.apply(batch).await;
-                observe("redis", started, r.is_ok());
+                let r = tokio::time::timeout(deadline, self.sinks.redis.apply(batch)).await;
+                observe("redis", started, matches!(r, Ok(Ok(_))));
                 r
             },
             async {
-                let started = Instant::now();
-                let r = self.sinks.mongo.apply(batch).await;
-                observe("mongo", started, r.is_ok());
-                r
+                if !try_mongo {
+                    return None;
+                }
+                let r = tokio::time::timeout(deadline, self.sinks.mongo.apply(batch)).await;
+                observe("mongo", started, matches!(r, Ok(Ok(_))));
+                Some(r)
             }
         );
-        let outcomes = redis.inspect_err(|e| self.note_sink_error(e))?;
-        let inserted = mongo
-            .inspect_err(|_| self.health.set_sinks_ok(false))
-            .context("MongoDB")?;
+        match mongo {
+            None => {}
+            Some(Ok(Ok(applied))) => {
+                self.mongo_probe = None;
+                self.health.sink_applied(Sink::Mongo);
+                metrics::counter!("urna_consumer_logs_inserted_total").increment(applied.inserted);
+                let logged =
+                    batch.retain_partitions(|p| !applied.gaps.iter().any(|&(g, _)| g == p));
+                self.commits.note(Sink::Mongo, logged.next_offsets());
+                for (partition, progress) in applied.gaps {
+                    self.rewind_for_mongo(partition, progress).await;
+                }
+            }
+            Some(Ok(Err(e))) => self.leave_mongo_behind(started, e.to_string()),
+            Some(Err(_)) => self.leave_mongo_behind(
+                started,
+                format!("no answer within {} ms", deadline.as_millis()),
+            ),
+        }
+        let outcomes = match redis {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(e)) => {
+                self.note_sink_error(&e, started);
+                return Err(e.into());
+            }
+            Err(_) => {
+                let error = format!("no answer within {} ms", deadline.as_millis());
+                self.health.sink_failed(Sink::Redis, started, error.clone());
+                anyhow::bail!("Redis: {error}");
+            }
+        };
+        self.health.sink_applied(Sink::Redis);
 
         let (mut counted, mut duplicates) = (0, 0);
         let mut gaps = Vec::new();
@@ -140,17 +186,78 @@ impl Member {
             .increment(duplicates);
         metrics::counter!("urna_consumer_records_total", "outcome" => "replayed")
             .increment(votes.saturating_sub(counted + duplicates));
-        metrics::counter!("urna_consumer_logs_inserted_total").increment(inserted);
         Ok(gaps)
     }
 
-    fn note_sink_error(&self, e: &SinkError) {
-        match e {
-            SinkError::Refused(reason) => {
-                tracing::error!(%reason, "Redis refused the batch; an operator must fix the state");
-                self.health.set_state_refused(true);
+    /// Batches go to Redis alone until a probe (every [`MONGO_PROBE`]) finds MongoDB
+    /// answering again.
+    fn leave_mongo_behind(&mut self, started: Instant, error: String) {
+        tracing::warn!(%error, "MongoDB did not take the batch; Redis goes on without it");
+        self.health.sink_failed(Sink::Mongo, started, error);
+        let mongo = self.sinks.mongo.clone();
+        let deadline = Duration::from_millis(self.settings.sink_timeout_ms);
+        self.mongo_probe = Some(tokio::spawn(async move {
+            while !mongo.answers(deadline).await {
+                tokio::time::sleep(MONGO_PROBE).await;
             }
-            _ => self.health.set_sinks_ok(false),
+        }));
+    }
+
+    fn note_sink_error(&self, e: &SinkError, started: Instant) {
+        if let SinkError::Refused(reason) = e {
+            tracing::error!(%reason, "Redis refused the batch; an operator must fix the state");
+            self.health.set_state_refused(true);
+        }
+        self.health.sink_failed(Sink::Redis, started, e.to_string());
+    }
+
+    /// MongoDB's progress on `partition` is behind this batch (it missed batches while
+    /// it was away): read the partition again from there. Redis takes the records it has
+    /// as no-ops (its offsets say so). What Kafka deleted meanwhile is skipped in
+    /// MongoDB and counted as lost, as Redis does.
+    async fn rewind_for_mongo(&mut self, partition: i32, progress: i64) {
+        let log_start = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+                .map(|(low, _)| low)
+        })
+        .unwrap_or(0);
+        let at = if log_start > progress {
+            tracing::error!(
+                partition,
+                from = progress,
+                to = log_start,
+                "Kafka deleted these records before MongoDB logged them; skipping them there"
+            );
+            metrics::counter!("urna_consumer_logs_lost_total", "partition" => partition.to_string())
+                .increment((log_start - progress) as u64);
+            if let Err(e) = self.sinks.mongo.skip_lost(partition, log_start).await {
+                tracing::warn!(partition, error = %e, "could not skip lost logs");
+                return;
+            }
+            log_start
+        } else {
+            progress
+        };
+        tracing::info!(
+            partition,
+            at,
+            "MongoDB is behind; re-reading the partition from its progress"
+        );
+        metrics::counter!("urna_consumer_mongo_rewinds_total").increment(1);
+        self.read_again(partition, at);
+    }
+
+    /// Reads `partition` again from `at`; what was received past it waits no longer.
+    fn read_again(&mut self, partition: i32, at: i64) {
+        self.carry.retain(|m| m.partition() != partition);
+        if let Err(e) = self.consumer.seek(
+            &self.topic,
+            partition,
+            Offset::Offset(at),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(partition, error = %e, "seek failed");
         }
     }
 
@@ -203,14 +310,7 @@ impl Member {
             }
             GapAction::Reread { at } => {
                 tracing::warn!(partition, at, "gap before batch; re-reading");
-                if let Err(e) = self.consumer.seek(
-                    &self.topic,
-                    partition,
-                    Offset::Offset(at),
-                    Duration::from_secs(5),
-                ) {
-                    tracing::warn!(partition, error = %e, "seek failed");
-                }
+                self.read_again(partition, at);
                 false
             }
         }

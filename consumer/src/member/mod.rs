@@ -23,6 +23,7 @@ mod rebalance;
 mod startup;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ use urna_common::kafka::StallWatch;
 use crate::Settings;
 use crate::batch::Batch;
 use crate::mongo_sink::MongoSink;
-use crate::ops::{self, Health};
+use crate::ops::{self, Health, Sink};
 use crate::redis_sink::RedisSink;
 
 pub use startup::reset;
@@ -72,7 +73,7 @@ pub async fn run(
 
     let sinks = startup::connect_sinks(&settings, &shutdown).await?;
     startup::check_state(&settings, &sinks).await?;
-    health.set_sinks_ok(true);
+    health.set_sinks_connected();
     health.set_dlq_ok(true);
 
     let dlq = dlq::DeadLetters::new(&settings.kafka, settings.dlq_topic.clone())?;
@@ -94,6 +95,7 @@ pub async fn run(
         health,
         carry: Vec::new(),
         paused: None,
+        mongo_probe: None,
         commits: Commits::new(Duration::from_millis(settings.commit_interval_ms)),
         settings,
         consumer,
@@ -179,6 +181,8 @@ struct Member {
     carry: Vec<OwnedMessage>,
     /// The assignment paused while the sinks are down.
     paused: Option<TopicPartitionList>,
+    /// MongoDB failed: batches go to Redis alone until this probe finds it answering.
+    mongo_probe: Option<tokio::task::JoinHandle<()>>,
     /// Applied offsets not yet committed to Kafka.
     commits: Commits,
     settings: Settings,
@@ -264,12 +268,13 @@ impl Member {
         Ok(())
     }
 
-    /// Notes the next offsets of what the sinks applied and commits them to Kafka at most
-    /// once per commit interval: Kafka's committed offsets trail the sinks, never pass
-    /// them, and serve only lag metrics and a start that is safe when the sinks cannot
-    /// be read, so committing every batch bought nothing but a write per batch in Kafka.
+    /// Notes the next offsets of what Redis applied (MongoDB's are noted as it applies)
+    /// and commits the lower of the two to Kafka at most once per commit interval:
+    /// Kafka's committed offsets trail both sinks, never pass them, and serve only lag
+    /// metrics and a start that is safe when the sinks cannot be read, so committing
+    /// every batch bought nothing but a write per batch in Kafka.
     fn commit(&mut self, applied: &Batch) {
-        self.commits.note(applied.next_offsets());
+        self.commits.note(Sink::Redis, applied.next_offsets());
         if self.commits.due() {
             self.flush_commits(CommitMode::Async);
         }
@@ -308,9 +313,11 @@ impl Member {
     }
 }
 
-/// Next offsets waiting to be committed, and when the last commit went out.
+/// Next offsets each sink applied, not yet committed, and when the last commit went out.
+/// What is committed for a partition is the lower of the two sinks' offsets.
 struct Commits {
-    next: std::collections::BTreeMap<i32, i64>,
+    redis: BTreeMap<i32, i64>,
+    mongo: BTreeMap<i32, i64>,
     interval: Duration,
     last: Instant,
 }
@@ -318,17 +325,30 @@ struct Commits {
 impl Commits {
     fn new(interval: Duration) -> Commits {
         Commits {
-            next: Default::default(),
+            redis: BTreeMap::new(),
+            mongo: BTreeMap::new(),
             interval,
             last: Instant::now(),
         }
     }
 
-    fn note(&mut self, offsets: impl IntoIterator<Item = (i32, i64)>) {
+    fn note(&mut self, sink: Sink, offsets: impl IntoIterator<Item = (i32, i64)>) {
+        let noted = match sink {
+            Sink::Redis => &mut self.redis,
+            Sink::Mongo => &mut self.mongo,
+        };
         for (partition, next) in offsets {
-            let slot = self.next.entry(partition).or_insert(next);
+            let slot = noted.entry(partition).or_insert(next);
             *slot = (*slot).max(next);
         }
+    }
+
+    /// Per partition both sinks applied past: the lower of their offsets.
+    fn both(&self) -> BTreeMap<i32, i64> {
+        self.redis
+            .iter()
+            .filter_map(|(p, r)| self.mongo.get(p).map(|m| (*p, (*r).min(*m))))
+            .collect()
     }
 
     fn due(&self) -> bool {
@@ -337,22 +357,24 @@ impl Commits {
 
     /// When the offsets waiting should go out; `None` when none wait.
     fn due_at(&self) -> Option<Instant> {
-        (!self.next.is_empty()).then(|| self.last + self.interval)
+        (!self.both().is_empty()).then(|| self.last + self.interval)
     }
 
-    fn take(&mut self) -> std::collections::BTreeMap<i32, i64> {
+    fn take(&mut self) -> BTreeMap<i32, i64> {
         self.last = Instant::now();
-        std::mem::take(&mut self.next)
+        let taken = self.both();
+        for partition in taken.keys() {
+            self.redis.remove(partition);
+            self.mongo.remove(partition);
+        }
+        taken
     }
 
     /// [`Commits::take`], less the partitions not in `owned` (dropped, not kept).
-    fn take_owned(
-        &mut self,
-        owned: &std::collections::BTreeSet<i32>,
-    ) -> std::collections::BTreeMap<i32, i64> {
-        let mut taken = self.take();
-        taken.retain(|partition, _| owned.contains(partition));
-        taken
+    fn take_owned(&mut self, owned: &std::collections::BTreeSet<i32>) -> BTreeMap<i32, i64> {
+        self.redis.retain(|p, _| owned.contains(p));
+        self.mongo.retain(|p, _| owned.contains(p));
+        self.take()
     }
 }
 
@@ -367,25 +389,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commits_keep_the_highest_next_offset_per_partition_until_taken() {
+    fn commits_keep_the_lower_of_the_sinks_highest_offsets_until_taken() {
         let mut commits = Commits::new(Duration::from_secs(3600));
         assert_eq!(commits.due_at(), None, "nothing waits, nothing is due");
-        commits.note([(0, 10), (1, 5)]);
-        commits.note([(0, 7), (1, 9), (2, 1)]);
+        commits.note(Sink::Redis, [(0, 10), (1, 5)]);
+        assert_eq!(commits.due_at(), None, "MongoDB has applied nothing yet");
+        commits.note(Sink::Redis, [(0, 7), (1, 9), (2, 1)]);
+        commits.note(Sink::Mongo, [(0, 8), (1, 9)]);
         assert!(!commits.due(), "an hour has not passed");
         assert!(commits.due_at().is_some());
-        let taken = commits.take();
+        // Partition 2: only Redis has it, so it waits for MongoDB.
         assert_eq!(
-            taken.into_iter().collect::<Vec<_>>(),
-            [(0, 10), (1, 9), (2, 1)]
+            commits.take().into_iter().collect::<Vec<_>>(),
+            [(0, 8), (1, 9)]
         );
         assert_eq!(commits.due_at(), None);
+        commits.note(Sink::Mongo, [(2, 1)]);
+        assert_eq!(commits.take().into_iter().collect::<Vec<_>>(), [(2, 1)]);
     }
 
     #[test]
     fn offsets_of_a_partition_revoked_meanwhile_are_dropped_not_committed() {
         let mut commits = Commits::new(Duration::ZERO);
-        commits.note([(0, 10), (1, 20), (2, 30)]);
+        for sink in [Sink::Redis, Sink::Mongo] {
+            commits.note(sink, [(0, 10), (1, 20), (2, 30)]);
+        }
         // Partition 1 moved to another member before the commit went out.
         let owned = [0, 2].into_iter().collect();
         assert_eq!(
@@ -402,7 +430,7 @@ mod tests {
     #[test]
     fn a_zero_interval_commits_every_batch() {
         let mut commits = Commits::new(Duration::ZERO);
-        commits.note([(3, 4)]);
+        commits.note(Sink::Redis, [(3, 4)]);
         assert!(commits.due());
     }
 }

@@ -11,6 +11,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::Sinks;
+use crate::ops::Sink;
 use crate::positions::start_offsets;
 
 /// Sets each newly assigned partition's start to the sinks' stored offsets.
@@ -47,12 +48,38 @@ impl MemberContext {
         if self.runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return None;
         }
+        // MongoDB is asked briefly, and not at all while it is left behind: this blocks
+        // the member's polling, and its own gap check catches up later anyway.
+        let ask_mongo = self.health.sink_failing(Sink::Mongo).is_none();
         let lookup = async {
             let (redis, mongo) = tokio::join!(
-                self.sinks.redis.stored_offsets(),
-                self.sinks.mongo.stored_offsets()
+                tokio::time::timeout(
+                    Duration::from_millis(2_500),
+                    self.sinks.redis.stored_offsets()
+                ),
+                async {
+                    if !ask_mongo {
+                        return None;
+                    }
+                    tokio::time::timeout(Duration::from_secs(1), self.sinks.mongo.stored_offsets())
+                        .await
+                        .ok()?
+                        .ok()
+                }
             );
-            Some(start_offsets(partitions, &redis.ok()?, &mongo.ok()?))
+            let redis = redis.ok()?.ok()?;
+            // MongoDB away: start where Redis is, so counting goes on; MongoDB's own gap
+            // check re-reads what it misses once it is back (apply.rs).
+            let mongo = match mongo {
+                Some(mongo) => mongo,
+                None => {
+                    tracing::warn!(
+                        "MongoDB's progress unreadable at assignment; starting at Redis's offsets"
+                    );
+                    redis.clone()
+                }
+            };
+            Some(start_offsets(partitions, &redis, &mongo))
         };
         let timed = tokio::time::timeout(Duration::from_secs(3), lookup);
         tokio::task::block_in_place(|| self.runtime.block_on(timed))

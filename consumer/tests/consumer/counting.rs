@@ -79,7 +79,7 @@ async fn a_retried_key_is_counted_and_logged_once() {
         redis.apply(&first).await.unwrap(),
         BTreeMap::from([(0, applied(4, 1))])
     );
-    assert_eq!(mongo.apply(&first).await.unwrap(), 4);
+    assert_eq!(mongo.apply(&first).await.unwrap().inserted, 4);
 
     // Later batches: b again on partition 0, a on partition 1, c new.
     let later_p0 = record(3, "b");
@@ -93,14 +93,14 @@ async fn a_retried_key_is_counted_and_logged_once() {
         redis.apply(&second).await.unwrap(),
         BTreeMap::from([(0, applied(0, 1)), (1, applied(2, 0))])
     );
-    assert_eq!(mongo.apply(&second).await.unwrap(), 2);
+    assert_eq!(mongo.apply(&second).await.unwrap().inserted, 2);
 
     // Replaying both batches (a crash before Kafka's commit) changes nothing.
     for batch in [&first, &second] {
         for outcome in redis.apply(batch).await.unwrap().values() {
             assert_eq!(*outcome, applied(0, 0));
         }
-        assert_eq!(mongo.apply(batch).await.unwrap(), 0);
+        assert_eq!(mongo.apply(batch).await.unwrap().inserted, 0);
     }
 
     let state = f.redis_state().await;
@@ -219,7 +219,7 @@ async fn the_same_batch_applied_twice_changes_nothing() {
             }
         )])
     );
-    assert_eq!(mongo.apply(&first).await.unwrap(), 3);
+    assert_eq!(mongo.apply(&first).await.unwrap().inserted, 3);
     let after_first = f.redis_state().await;
     assert_eq!(after_first.total, 3);
     assert_eq!(
@@ -238,7 +238,7 @@ async fn the_same_batch_applied_twice_changes_nothing() {
             }
         )])
     );
-    assert_eq!(mongo.apply(&first).await.unwrap(), 0);
+    assert_eq!(mongo.apply(&first).await.unwrap().inserted, 0);
     assert_eq!(f.redis_state().await, after_first);
     assert_eq!(f.mongo_count().await, 3);
 
@@ -254,7 +254,7 @@ async fn the_same_batch_applied_twice_changes_nothing() {
             }
         )])
     );
-    assert_eq!(mongo.apply(&overlapping).await.unwrap(), 1);
+    assert_eq!(mongo.apply(&overlapping).await.unwrap().inserted, 1);
     let state = f.redis_state().await;
     assert_eq!(state.total, 4);
     assert_eq!(
