@@ -46,6 +46,9 @@ pub struct LogCollections {
     prune: std::sync::Arc<std::sync::Mutex<Prune>>,
 }
 
+/// The server-side time limit (`maxTimeMS`) of the progress reads.
+pub const QUERY_MAX_TIME: Duration = Duration::from_secs(5);
+
 /// How often a writer deletes passed progress marks: a delete per batch was a third of a
 /// batch's MongoDB writes, for documents nobody reads but the highest.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
@@ -135,7 +138,12 @@ impl LogCollections {
 
     /// Per partition, the next offset below which every log is in the log collection.
     pub async fn read_progress(&self) -> mongodb::error::Result<BTreeMap<i32, i64>> {
-        let mut found = self.progress.find(doc! { "of": &self.progress_of }).await?;
+        // A server-side limit: a reader that gave up must not keep MongoDB busy.
+        let mut found = self
+            .progress
+            .find(doc! { "of": &self.progress_of })
+            .max_time(QUERY_MAX_TIME)
+            .await?;
         let mut next = BTreeMap::new();
         while let Some(d) = found.try_next().await? {
             let partition = d.get_i32("partition").ok();

@@ -193,14 +193,10 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
     );
 
     // Valid votes: 202 with a UUID v7 id, each record on Kafka exactly once; every other
-    // one with an idempotency key, which its record carries. The producer does not
-    // deduplicate (the consumer does), so two requests with one key are two records.
+    // one with an idempotency key, which its record carries.
     let votes = sample_votes();
     let run = uuid::Uuid::now_v7().simple();
-    let key_of = |i: usize| {
-        i.is_multiple_of(2)
-            .then(|| format!("contract-{run}-{}", i / 4))
-    };
+    let key_of = |i: usize| i.is_multiple_of(2).then(|| format!("contract-{run}-{i}"));
     let mut ids = BTreeSet::new();
     let mut keys_by_id = std::collections::BTreeMap::new();
     for (i, vote) in votes.iter().enumerate() {
@@ -222,6 +218,55 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
     }
     assert_eq!(ids.len(), votes.len(), "ids are unique");
 
+    // The idempotency store (draft-ietf-httpapi-idempotency-key-header): a keyed vote sent
+    // again gets its first answer, the same id, and publishes nothing; the same key with
+    // another vote is a 422 naming the header and publishes nothing either.
+    let first_keyed = &votes[0];
+    let key = key_of(0).expect("vote 0 has a key");
+    let again = http
+        .post(format!("{base}/votes"))
+        .header("content-type", "application/json")
+        .header(urna_vote::IDEMPOTENCY_KEY_HEADER, &key)
+        .body(first_keyed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(keys_by_id.get(again["id"].as_str().unwrap()), Some(&key));
+    let ballot = urna_vote::Ballot::builtin();
+    let judged = |v: &String| {
+        urna_vote::parse_vote(v.as_bytes(), &ballot)
+            .map(|v| (v.band.name, v.album.title, v.rank.get()))
+            .ok()
+    };
+    let other = votes
+        .iter()
+        .find(|v| judged(v) != judged(first_keyed))
+        .expect("two different sample votes");
+    let reused = http
+        .post(format!("{base}/votes"))
+        .header("content-type", "application/json")
+        .header(urna_vote::IDEMPOTENCY_KEY_HEADER, &key)
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reused: Value = reused.json().await.unwrap();
+    assert_eq!(
+        reused["field"],
+        urna_vote::IDEMPOTENCY_KEY_HEADER,
+        "{reused}"
+    );
+
     let records: Vec<VoteRecord> = tokio::task::spawn_blocking({
         let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
         move || crate::kafka::records_since(&brokers, &topic, &before)
@@ -235,7 +280,6 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
     );
     let record_ids: BTreeSet<String> = records.iter().map(|r| r.id.clone()).collect();
     assert_eq!(record_ids, ids);
-    let ballot = urna_vote::Ballot::builtin();
     for record in &records {
         assert_eq!(record.source(), source);
         assert_eq!(

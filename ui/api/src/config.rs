@@ -34,6 +34,17 @@ pub struct Settings {
     pub race_producers: String,
     /// `URNA_SSE_MAX_CLIENTS`: open event streams at most (all streams together).
     pub sse_max_clients: usize,
+    /// `URNA_SSE_LIFETIME_SECS`: an event stream ends after this long; the browser
+    /// reconnects by itself (the log stream with `Last-Event-ID`, exactly where it was),
+    /// so no connection lives for ever on one server.
+    pub sse_lifetime_secs: u64,
+    /// `URNA_MAX_CONNECTIONS`: connections open at once (streams included); more wait.
+    pub max_connections: usize,
+    /// `URNA_HEADER_READ_TIMEOUT_MS`: time a connection has to send a request's headers.
+    pub header_read_timeout_ms: u64,
+    /// `URNA_MONGO_MAX_TIME_MS`: server-side time limit of every MongoDB query, so a
+    /// request the client gave up on does not keep MongoDB busy.
+    pub mongo_max_time_ms: u64,
     /// `URNA_WEB_DIR`: the built web app (`ui/web/dist`); absent → API only, logged once.
     pub web_dir: String,
 }
@@ -53,6 +64,10 @@ impl Default for Settings {
             results_interval_ms: 1_000,
             race_producers: "wasm=http://127.0.0.1:8081,grpc=http://127.0.0.1:8082".into(),
             sse_max_clients: 256,
+            sse_lifetime_secs: 600,
+            max_connections: 1024,
+            header_read_timeout_ms: 5_000,
+            mongo_max_time_ms: 5_000,
             web_dir: "ui/web/dist".into(),
         }
     }

@@ -51,6 +51,12 @@ impl Cursor {
         }
     }
 
+    /// Whether `self` is past `other` on any partition (a client's `Last-Event-ID` from
+    /// a feed that was reset, or made up): following from there would be silence.
+    pub fn is_ahead_of(&self, other: &Cursor) -> bool {
+        self.iter().any(|(p, o)| o > other.get(p))
+    }
+
     /// Whether a log at `(partition, offset)` is still to be delivered.
     pub fn is_pending(&self, partition: i32, offset: i64) -> bool {
         offset >= self.get(partition)
@@ -130,5 +136,17 @@ mod tests {
         assert!(a.is_pending(0, 5) && !a.is_pending(0, 4) && a.is_pending(2, 0));
         a.advance_to(&cursor(&[(0, 7), (1, 2)]));
         assert_eq!(a, cursor(&[(0, 7), (1, 9)]));
+    }
+
+    #[test]
+    fn ahead_on_any_partition() {
+        let feed = cursor(&[(0, 8), (1, 9)]);
+        assert!(!cursor(&[(0, 8), (1, 3)]).is_ahead_of(&feed));
+        assert!(!Cursor::default().is_ahead_of(&feed));
+        assert!(cursor(&[(0, 9)]).is_ahead_of(&feed));
+        assert!(
+            cursor(&[(5, 1)]).is_ahead_of(&feed),
+            "a partition the feed never saw"
+        );
     }
 }

@@ -9,10 +9,14 @@
 //! progress never gain a new log later and the ranges of successive chunks touch without
 //! overlapping, no log is skipped or repeated (docs/architecture.md, "Logs stream").
 //!
+//! The feed also keeps the newest 100 logs it delivered: `GET /api/logs` and each new
+//! stream's snapshot come from there, not from a query per client.
+//!
 //! Subscribers keep their own cursor. A slow one that falls behind the bounded
 //! broadcast, or a browser that reconnects with `Last-Event-ID`, catches up from MongoDB
 //! by the same range read; if that is too far it is told to `reset` (start afresh).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -49,11 +53,20 @@ struct Shared {
     /// `None` until the progress record was read once.
     cursor: Option<Cursor>,
     tx: broadcast::Sender<Arc<Chunk>>,
+    /// The newest [`RECENT_MAX`] logs below `cursor`, oldest first: what `GET
+    /// /api/logs` and every new stream's snapshot are served from, so neither queries
+    /// MongoDB (one poll for all clients, as `/api/results` does).
+    recent: VecDeque<LogEntry>,
 }
 
-/// A subscription: the feed's position when it was taken and the chunks from there on.
+/// Logs kept for "latest N" (the largest `limit` the API accepts).
+pub const RECENT_MAX: usize = 100;
+
+/// A subscription: the feed's position when it was taken, the newest logs below it
+/// (newest first), and the chunks from there on.
 pub struct Subscription {
     pub cursor: Cursor,
+    pub recent: Vec<LogEntry>,
     pub rx: broadcast::Receiver<Arc<Chunk>>,
 }
 
@@ -62,7 +75,11 @@ impl LogFeed {
         let (tx, _) = broadcast::channel(BROADCAST_CHUNKS);
         Arc::new(LogFeed {
             store,
-            shared: Mutex::new(Shared { cursor: None, tx }),
+            shared: Mutex::new(Shared {
+                cursor: None,
+                tx,
+                recent: VecDeque::new(),
+            }),
         })
     }
 
@@ -78,8 +95,30 @@ impl LogFeed {
         let cursor = shared.cursor.clone()?;
         Some(Subscription {
             cursor,
+            recent: shared.recent.iter().rev().cloned().collect(),
             rx: shared.tx.subscribe(),
         })
+    }
+
+    /// The newest `limit` logs the feed has delivered, newest first; `None` before the
+    /// feed has read MongoDB once.
+    pub fn latest(&self, limit: usize) -> Option<Vec<LogEntry>> {
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.cursor.as_ref()?;
+        Some(shared.recent.iter().rev().take(limit).cloned().collect())
+    }
+
+    /// Starts over at `progress` with the newest logs below it read from MongoDB.
+    async fn start_at(&self, progress: Cursor) -> mongodb::error::Result<()> {
+        let mut seed = self
+            .store
+            .latest_before(&progress, RECENT_MAX as u32)
+            .await?;
+        seed.reverse();
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.recent = seed.into();
+        shared.cursor = Some(progress);
+        Ok(())
     }
 
     /// The feed's current position (`None` before the first successful poll).
@@ -122,17 +161,13 @@ impl LogFeed {
         let progress = self.store.progress().await?;
         // Only this task changes the cursor, so it may be read and written apart.
         let Some(from) = self.cursor() else {
-            self.shared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .cursor = Some(progress);
-            return Ok(());
+            return self.start_at(progress).await;
         };
         if !progress.ranges_to(&from).is_empty() {
             // Behind us: the logs and their progress were dropped (a consumer reset).
             tracing::warn!(%from, to = %progress, "log progress went back; restarting the streams");
-            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            shared.cursor = Some(progress.clone());
+            self.start_at(progress.clone()).await?;
+            let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = shared.tx.send(Arc::new(Chunk {
                 from: progress.clone(),
                 to: progress,
@@ -149,6 +184,9 @@ impl LogFeed {
         metrics::counter!("urna_api_logs_streamed_total").increment(logs.len() as u64);
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.cursor = Some(to.clone());
+        shared.recent.extend(logs.iter().cloned());
+        let over = shared.recent.len().saturating_sub(RECENT_MAX);
+        shared.recent.drain(..over);
         // No receivers is not an error: nobody is watching.
         let _ = shared.tx.send(Arc::new(Chunk {
             from,

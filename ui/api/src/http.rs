@@ -1,8 +1,7 @@
 //! The routes. Reads are bounded (a deadline and a cap on concurrent requests); event
-//! streams are bounded by a subscriber cap and by what each one may queue (one event at
-//! a time through a small channel, the rest is caught up from the source of truth).
+//! streams are bounded by a subscriber cap, by what each one may queue ([`stream`]: a few
+//! events and 1 MiB; the rest is caught up from the source of truth) and by a lifetime.
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +9,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::Stream;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::TimeoutLayer;
 
@@ -25,6 +23,7 @@ use crate::cursor::Cursor;
 use crate::feed::{self, LogFeed, Step};
 use crate::pollers::{RaceWatch, ResultsWatch};
 use crate::results::ResultsStore;
+use crate::stream::{self, StreamTx, data_event};
 
 /// `limit` bounds of `/api/logs` (the design contract).
 const LIMIT_MIN: u32 = 1;
@@ -33,8 +32,6 @@ const LIMIT_DEFAULT: u32 = 20;
 /// Plain requests served at once; more get 429 rather than a queue.
 pub const REQUESTS_MAX: usize = 256;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// Events a stream may have waiting for its client; a slower client catches up later.
-const STREAM_QUEUE: usize = 4;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -44,6 +41,8 @@ pub struct AppState {
     pub race_watch: RaceWatch,
     pub streams: Arc<Semaphore>,
     pub requests: Arc<Semaphore>,
+    /// How long one event stream lives (`URNA_SSE_LIFETIME_SECS`).
+    pub stream_lifetime: Duration,
 }
 
 /// The API routes, the web app at `/` when `web_dir` holds a build, and `extra`
@@ -179,6 +178,10 @@ async fn logs(State(state): State<AppState>, params: Params) -> Response {
         Ok(limit) => limit,
         Err(e) => return e.into_response(),
     };
+    // From the feed's memory once it has read MongoDB (one poll serves every client).
+    if let Some(logs) = state.feed.latest(limit as usize) {
+        return json(&serde_json::json!({ "logs": logs }));
+    }
     match state.feed.store().latest(limit).await {
         Ok(logs) => json(&serde_json::json!({ "logs": logs })),
         Err(e) => {
@@ -228,35 +231,6 @@ fn stream_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-fn sse(rx: mpsc::Receiver<Event>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), rx))
-    });
-    sse_response(stream)
-}
-
-fn sse_response(
-    stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
-) -> Response {
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
-    // Proxies (nginx) must pass events through as they come.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", header::HeaderValue::from_static("no"));
-    response
-}
-
-fn data_event(name: &str, value: &impl Serialize) -> Event {
-    Event::default()
-        .event(name)
-        .json_data(value)
-        .unwrap_or_else(|_| Event::default().event(name).data("null"))
-}
-
 async fn logs_stream(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -293,7 +267,7 @@ async fn logs_stream(
             None,
         );
     };
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let (tx, response) = stream::open(state.stream_lifetime);
     let feed = state.feed.clone();
     tokio::spawn(async move {
         let _permit = permit;
@@ -303,7 +277,7 @@ async fn logs_stream(
         }
         metrics::gauge!("urna_api_streams_open", "stream" => "logs").decrement(1);
     });
-    sse(rx)
+    response
 }
 
 /// One subscriber's loop: a snapshot (or a catch-up from `Last-Event-ID`), then every
@@ -313,32 +287,42 @@ async fn follow_logs(
     subscription: feed::Subscription,
     resume: Option<Cursor>,
     limit: u32,
-    tx: mpsc::Sender<Event>,
+    tx: StreamTx,
 ) -> mongodb::error::Result<()> {
     let store = feed.store();
-    let feed::Subscription { cursor, mut rx } = subscription;
+    let feed::Subscription {
+        cursor,
+        recent,
+        mut rx,
+    } = subscription;
     let logs_event = |logs: &[crate::logs::LogEntry], at: &Cursor| {
-        data_event("logs", &serde_json::json!({ "logs": logs })).id(at.to_string())
+        let (event, size) = data_event("logs", &serde_json::json!({ "logs": logs }));
+        (event.id(at.to_string()), size)
     };
     let mut mine = match resume {
+        // Ahead of the feed (the logs were reset, or the id is made up): following from
+        // there would be silence.
+        Some(from) if from.is_ahead_of(&cursor) => {
+            tx.send(reset_event()).await;
+            return Ok(());
+        }
         Some(from) => match feed::catch_up(store, &from, &cursor).await? {
             Step::Logs(logs, reached) => {
-                if !logs.is_empty() && tx.send(logs_event(&logs, &reached)).await.is_err() {
+                if !logs.is_empty() && !tx.send(logs_event(&logs, &reached)).await {
                     return Ok(());
                 }
                 reached
             }
             Step::Reset => {
-                let _ = tx.send(reset_event()).await;
+                tx.send(reset_event()).await;
                 return Ok(());
             }
         },
         None => {
-            let mut snapshot = store.latest_before(&cursor, limit).await?;
+            let mut snapshot: Vec<_> = recent.into_iter().take(limit as usize).collect();
             snapshot.reverse();
-            let event = data_event("snapshot", &serde_json::json!({ "logs": snapshot }))
-                .id(cursor.to_string());
-            if tx.send(event).await.is_err() {
+            let (event, size) = data_event("snapshot", &serde_json::json!({ "logs": snapshot }));
+            if !tx.send((event.id(cursor.to_string()), size)).await {
                 return Ok(());
             }
             cursor
@@ -346,7 +330,7 @@ async fn follow_logs(
     };
     loop {
         let step = tokio::select! {
-            () = tx.closed() => return Ok(()),
+            () = tx.over() => return Ok(()),
             received = rx.recv() => match received {
                 Ok(chunk) => feed::follow(store, &mine, &chunk).await?,
                 // Chunks were dropped for this slow stream: catch up from MongoDB to
@@ -361,19 +345,19 @@ async fn follow_logs(
         match step {
             Step::Logs(logs, reached) => {
                 mine = reached;
-                if !logs.is_empty() && tx.send(logs_event(&logs, &mine)).await.is_err() {
+                if !logs.is_empty() && !tx.send(logs_event(&logs, &mine)).await {
                     return Ok(());
                 }
             }
             Step::Reset => {
-                let _ = tx.send(reset_event()).await;
+                tx.send(reset_event()).await;
                 return Ok(());
             }
         }
     }
 }
 
-fn reset_event() -> Event {
+fn reset_event() -> (Event, usize) {
     data_event(
         "reset",
         &serde_json::json!({ "error": "this stream fell too far behind; reconnect without Last-Event-ID" }),
@@ -404,28 +388,28 @@ async fn race_stream(State(state): State<AppState>, params: Params) -> Response 
 fn watch_stream<T: Clone + Send + Sync + 'static>(
     state: &AppState,
     mut watch: tokio::sync::watch::Receiver<T>,
-    to_event: fn(&T) -> Option<Event>,
+    to_event: fn(&T) -> Option<(Event, usize)>,
 ) -> Response {
     let permit = match stream_slot(state) {
         Ok(permit) => permit,
         Err(e) => return e.into_response(),
     };
     watch.mark_changed();
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let (tx, response) = stream::open(state.stream_lifetime);
     tokio::spawn(async move {
         let _permit = permit;
         loop {
             tokio::select! {
-                () = tx.closed() => return,
+                () = tx.over() => return,
                 changed = watch.changed() => if changed.is_err() { return },
             }
             let current = watch.borrow_and_update().clone();
             if let Some(event) = to_event(&current)
-                && tx.send(event).await.is_err()
+                && !tx.send(event).await
             {
                 return;
             }
         }
     });
-    sse(rx)
+    response
 }

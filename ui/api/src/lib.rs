@@ -23,6 +23,7 @@ pub mod logs;
 pub mod pollers;
 pub mod race;
 pub mod results;
+pub mod stream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ pub async fn run(
         &settings.group_id,
     )
     .await
-    .context("MongoDB settings")?;
+    .context("MongoDB settings")?
+    .with_max_time(std::time::Duration::from_millis(settings.mongo_max_time_ms));
     if let Err(e) = store.ensure_indexes().await {
         tracing::warn!(error = %e, "cannot create the logs range index yet; streams still work, slower");
     }
@@ -87,13 +89,17 @@ pub async fn run(
         race_watch,
         streams: Arc::new(Semaphore::new(settings.sse_max_clients)),
         requests: Arc::new(Semaphore::new(http::REQUESTS_MAX)),
+        stream_lifetime: std::time::Duration::from_secs(settings.sse_lifetime_secs.max(1)),
     };
     let app = http::router(state, Path::new(&settings.web_dir), ops);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, prefix = %settings.redis_prefix, collection = %settings.mongo_collection, "urna-api listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    // Bounded connections and a header deadline, as the producers serve.
+    let limits = urna_common::http_server::ConnectionLimits {
+        max_connections: settings.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
+    };
+    urna_common::http_server::serve(listener, app, limits, shutdown).await?;
     Ok(())
 }
 

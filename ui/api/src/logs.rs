@@ -14,6 +14,11 @@ use urna_common::stores::LogCollections;
 
 use crate::cursor::Cursor;
 
+/// The index of "latest N": the filter's field, then the sort's, in the sort's order.
+static LATEST_SORT_INDEX: std::sync::LazyLock<Document> = std::sync::LazyLock::new(
+    || doc! { "topic": 1, "logged_at": -1, "accepted_at_micros": -1, "_id": -1 },
+);
+
 /// One log as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LogEntry {
@@ -84,6 +89,8 @@ impl LogEntry {
 pub struct LogStore {
     log: LogCollections,
     topic: String,
+    /// `maxTimeMS` of every query.
+    max_time: std::time::Duration,
 }
 
 impl LogStore {
@@ -99,21 +106,37 @@ impl LogStore {
             // Written by the consumer's Mongo sink: `{_id: "<group>|<topic>", next: {p: offset}}`.
             log,
             topic: topic.to_owned(),
+            max_time: urna_common::stores::QUERY_MAX_TIME,
         })
     }
 
-    /// The index the stream's range reads use (idempotent; the consumer owns the
-    /// collection and its `logged_at_desc` index, this one is the reader's).
+    /// Every query is cut off by MongoDB after `max_time` (`URNA_MONGO_MAX_TIME_MS`).
+    pub fn with_max_time(mut self, max_time: std::time::Duration) -> LogStore {
+        self.max_time = max_time;
+        self
+    }
+
+    /// The indexes the reads use (idempotent; the consumer owns the collection and its
+    /// `logged_at_desc` index, these are the reader's): the stream's range reads, and
+    /// "latest N", whose filter and sort this index matches field for field.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = IndexModel::builder()
-            .keys(doc! { "topic": 1, "partition": 1, "offset": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("topic_partition_offset".to_owned())
-                    .build(),
-            )
-            .build();
-        self.log.logs.create_index(index).await?;
+        let index = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build()
+        };
+        // One at a time: FerretDB 2 drops the connection when one `createIndexes` names
+        // several indexes that all exist already (see the consumer's mongo_sink).
+        for model in [
+            index(
+                doc! { "topic": 1, "partition": 1, "offset": 1 },
+                "topic_partition_offset",
+            ),
+            index(LATEST_SORT_INDEX.clone(), "topic_latest"),
+        ] {
+            self.log.logs.create_index(model).await?;
+        }
         Ok(())
     }
 
@@ -135,6 +158,7 @@ impl LogStore {
             .find(doc! { "topic": &self.topic })
             .sort(doc! { "logged_at": -1, "accepted_at_micros": -1, "_id": -1 })
             .limit(i64::from(limit))
+            .max_time(self.max_time)
             .await?
             .try_collect()
             .await?;
@@ -211,6 +235,7 @@ impl LogStore {
             .find(filter)
             .sort(doc! { "offset": 1 })
             .limit(limit as i64)
+            .max_time(self.max_time)
             .await?
             .try_collect()
             .await?;

@@ -44,6 +44,8 @@ async fn latest_logs_come_back_newest_first_with_the_limit() {
         let l = log((i % 3) as i32, i / 3, (base + i * 10) * 1000);
         logs.write_batch(&[l], ms(base + i * 10), "m1").await;
     }
+    // Served from the feed's memory: what it has delivered (one poll behind the writes).
+    wait_for_cursor(&api, &logs, "0:10,1:10,2:10").await;
     let (status, body) = api.get_json("/api/logs").await;
     assert_eq!(status, 200);
     let got = body["logs"].as_array().unwrap();
@@ -401,6 +403,65 @@ async fn a_reset_of_the_logs_restarts_the_streams() {
     logs.write_batch(&[log(0, 1, (base + 1) * 1000)], ms(base + 1), "m1")
         .await;
     let e = fresh.next(Duration::from_secs(10)).await.expect("new log");
+    assert_eq!(e.json()["logs"][0]["offset"], 1);
+    api.clean_up().await;
+}
+
+/// A `Last-Event-ID` past the feed on any partition (logs reset since, or made up) gets a
+/// `reset` at once; it used to be followed from there, in silence.
+#[tokio::test]
+async fn a_last_event_id_ahead_of_the_feed_gets_a_reset() {
+    let api = support::start(support::private_settings()).await;
+    let logs = api.mongo().await;
+    let base = 1_800_000_000_000i64;
+    for i in 0..5i64 {
+        logs.write_batch(&[log(0, i, (base + i) * 1000)], ms(base + i), "m1")
+            .await;
+    }
+    wait_for_cursor(&api, &logs, "0:5").await;
+    for ahead in ["0:9", "0:5,7:1"] {
+        let mut stream = api.stream("/api/logs/stream", Some(ahead)).await;
+        let e = stream.next(Duration::from_secs(5)).await.expect("an event");
+        assert_eq!(e.event, "reset", "{ahead}");
+    }
+    // Not ahead: followed as before.
+    let mut stream = api.stream("/api/logs/stream", Some("0:3")).await;
+    let e = stream.next(Duration::from_secs(5)).await.expect("catch-up");
+    assert_eq!(e.event, "logs");
+    assert_eq!(e.id.as_deref(), Some("0:5"));
+    api.clean_up().await;
+}
+
+/// A stream ends after `URNA_SSE_LIFETIME_SECS`; reconnecting with its last id goes on
+/// exactly where it stopped.
+#[tokio::test]
+async fn a_stream_ends_after_its_lifetime_and_resumes_with_its_last_id() {
+    let mut settings = support::private_settings();
+    settings.sse_lifetime_secs = 2;
+    let api = support::start(settings).await;
+    let logs = api.mongo().await;
+    let base = 1_800_000_000_000i64;
+    logs.write_batch(&[log(0, 0, base * 1000)], ms(base), "m1")
+        .await;
+    wait_for_cursor(&api, &logs, "0:1").await;
+    let opened = Instant::now();
+    let mut stream = api.stream("/api/logs/stream", None).await;
+    let snapshot = stream.next(Duration::from_secs(5)).await.expect("snapshot");
+    let last = snapshot.id.clone().expect("an id");
+    assert!(stream.next(Duration::from_secs(10)).await.is_none());
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_secs(2) && lived < Duration::from_secs(6),
+        "ended after {lived:?}, not at the 10-s wait's timeout"
+    );
+    let mut resumed = api.stream("/api/logs/stream", Some(&last)).await;
+    logs.write_batch(&[log(0, 1, (base + 1) * 1000)], ms(base + 1), "m1")
+        .await;
+    let e = resumed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the next log");
+    assert_eq!(e.event, "logs");
     assert_eq!(e.json()["logs"][0]["offset"], 1);
     api.clean_up().await;
 }

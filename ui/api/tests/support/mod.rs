@@ -48,6 +48,7 @@ pub fn private_settings() -> Settings {
         race_producers: "wasm=http://127.0.0.1:9,grpc=http://127.0.0.1:9".into(),
         sse_max_clients: 16,
         web_dir: "/nonexistent".into(),
+        ..Settings::default()
     }
 }
 

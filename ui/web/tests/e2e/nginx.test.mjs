@@ -84,6 +84,24 @@ test('passes event streams through unbuffered', async () => {
   controller.abort();
 });
 
+test('limits event streams per client address: the 9th is a 429, other routes are not limited', async () => {
+  const controllers = [];
+  try {
+    const open = async () => {
+      const controller = new AbortController();
+      controllers.push(controller);
+      return fetch(`${p.web}/api/results/stream`, { signal: controller.signal });
+    };
+    for (let i = 0; i < 8; i++) {
+      assert.equal((await open()).status, 200, `stream ${i + 1}`);
+    }
+    assert.equal((await open()).status, 429);
+    assert.equal((await fetch(`${p.web}/api/results`)).status, 200);
+  } finally {
+    for (const c of controllers) c.abort();
+  }
+});
+
 test('an unreachable API is a 502 from nginx, not a hang', async () => {
   await p.stopApi();
   try {
