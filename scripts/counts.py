@@ -11,7 +11,7 @@
 "Accepted" is the producers' own count of 202s (their /metrics); "counted" is Redis's
 `votes:total`. They must be equal: Locust retries a failed vote with its Idempotency-Key,
 so even a retry whose first attempt reached Kafka (its 503 notwithstanding) is one 202
-and one count.
+and one count; a 202 replayed from the idempotency store is not counted as accepted.
 """
 from __future__ import annotations
 
@@ -45,8 +45,12 @@ def r() -> redis.Redis:
 def accepted(base: str) -> int:
     with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
         metrics = parse_metrics(resp.read().decode())
+    # A 202 that replays an earlier answer (same Idempotency-Key, nothing published) is
+    # not a second vote.
+    replayed = sum(v for (name, labels), v in metrics.items()
+                   if name == "urna_idempotency_requests_total" and ("outcome", "replayed") in labels)
     return int(sum(v for (name, labels), v in metrics.items()
-                   if name == "urna_http_requests_total" and ("status", "202") in labels))
+                   if name == "urna_http_requests_total" and ("status", "202") in labels) - replayed)
 
 
 def snapshot() -> dict:
