@@ -10,7 +10,7 @@ SAMPLE_VOTES := locust/data/sample-votes.jsonl
 # cargo-machete (unused dependencies), installed by scripts/bootstrap.sh
 MACHETE := .cache/cargo-tools/bin/cargo-machete
 
-.PHONY: up down test e2e bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
+.PHONY: up down test e2e chaos bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
 
 ## up: install what is missing, build, start the stack and every service, run Locust
 ##     against both producers, check the counts, show where to look; Ctrl-C stops it all
@@ -30,6 +30,14 @@ test: bootstrap lint modules
 ##      one scenario: scripts/e2e.sh -k kafka
 e2e: bootstrap modules
 	scripts/e2e.sh
+
+## chaos: the nemesis alone for longer (e2e/test_nemesis.py): a seeded random schedule of
+##        faults while keyed votes flow, then the exact check; replay a run by its seed:
+##        make chaos SEED=1234 MINUTES=5
+SEED ?= $(shell date +%s)
+MINUTES ?= 5
+chaos: bootstrap modules
+	URNA_CHAOS_SEED=$(SEED) URNA_CHAOS_SECONDS=$$(( $(MINUTES) * 60 )) scripts/e2e.sh -k nemesis -s
 
 bootstrap:
 	scripts/bootstrap.sh

@@ -248,6 +248,46 @@ impl Member {
         self.read_again(partition, at);
     }
 
+    /// Once the probe finds a MongoDB left behind answering again, and while no batch
+    /// comes to take it back in (the traffic may have stopped), re-reads each owned
+    /// partition from MongoDB's progress where that is behind what this member consumed,
+    /// so the logs are complete without waiting for new votes. Called once a second.
+    pub(super) async fn resume_mongo(&mut self) {
+        if !self
+            .mongo_probe
+            .as_ref()
+            .is_some_and(|probe| probe.is_finished())
+        {
+            return;
+        }
+        let deadline = Duration::from_millis(self.settings.sink_timeout_ms);
+        let Ok(Ok(logged)) =
+            tokio::time::timeout(deadline, self.sinks.mongo.stored_offsets()).await
+        else {
+            return;
+        };
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let mut behind = Vec::new();
+        for e in positions.elements_for_topic(&self.topic) {
+            if let Offset::Offset(consumed) = e.offset() {
+                let progress = logged.get(&e.partition()).copied().unwrap_or(0);
+                if progress < consumed {
+                    behind.push((e.partition(), progress));
+                }
+            }
+        }
+        if behind.is_empty() {
+            self.mongo_probe = None;
+            self.health.sink_applied(Sink::Mongo);
+            return;
+        }
+        for (partition, progress) in behind {
+            self.rewind_for_mongo(partition, progress).await;
+        }
+    }
+
     /// Reads `partition` again from `at`; what was received past it waits no longer.
     fn read_again(&mut self, partition: i32, at: i64) {
         self.carry.retain(|m| m.partition() != partition);

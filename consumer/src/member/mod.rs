@@ -211,7 +211,10 @@ impl Member {
                     _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()),
                         if commit_due.is_some() => self.flush_commits(CommitMode::Async),
-                    _ = self.watch.tick() => self.watch_kafka()?,
+                    _ = self.watch.tick() => {
+                        self.watch_kafka()?;
+                        self.resume_mongo().await;
+                    }
                     received = self.consumer.recv() => match received {
                         Ok(m) => { messages.push(m.detach()); break; }
                         Err(e) => {
