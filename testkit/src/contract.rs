@@ -223,14 +223,14 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
     // another vote is a 422 naming the header and publishes nothing either.
     let first_keyed = &votes[0];
     let key = key_of(0).expect("vote 0 has a key");
-    let again = http
-        .post(format!("{base}/votes"))
-        .header("content-type", "application/json")
-        .header(urna_vote::IDEMPOTENCY_KEY_HEADER, &key)
-        .body(first_keyed.clone())
-        .send()
-        .await
-        .unwrap();
+    let post_keyed = |body: &String| {
+        http.post(format!("{base}/votes"))
+            .header("content-type", "application/json")
+            .header(urna_vote::IDEMPOTENCY_KEY_HEADER, &key)
+            .body(body.clone())
+            .send()
+    };
+    let again = post_keyed(first_keyed).await.unwrap();
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     assert_eq!(
         again
@@ -251,14 +251,7 @@ pub async fn run(base_url: &str, brokers: &str, topic: &str, source: Source) {
         .iter()
         .find(|v| judged(v) != judged(first_keyed))
         .expect("two different sample votes");
-    let reused = http
-        .post(format!("{base}/votes"))
-        .header("content-type", "application/json")
-        .header(urna_vote::IDEMPOTENCY_KEY_HEADER, &key)
-        .body(other.clone())
-        .send()
-        .await
-        .unwrap();
+    let reused = post_keyed(other).await.unwrap();
     assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let reused: Value = reused.json().await.unwrap();
     assert_eq!(

@@ -139,10 +139,7 @@ async fn the_stream_starts_with_a_snapshot_and_delivers_a_new_log() {
     let api = support::start(support::private_settings()).await;
     let logs = api.mongo().await;
     let base = 1_800_000_000_000i64;
-    for i in 0..25i64 {
-        logs.write_batch(&[log(0, i, (base + i) * 1000)], ms(base + i), "m1")
-            .await;
-    }
+    write_one_per_batch(&logs, base, 0..25).await;
     // The feed must have seen the progress before the stream's snapshot is taken.
     wait_for_cursor(&api, &logs, "0:25").await;
     let mut stream = api.stream("/api/logs/stream", None).await;
@@ -376,10 +373,7 @@ async fn a_reset_of_the_logs_restarts_the_streams() {
     let api = support::start(support::private_settings()).await;
     let logs = api.mongo().await;
     let base = 1_800_000_000_000i64;
-    for i in 0..5i64 {
-        logs.write_batch(&[log(0, i, (base + i) * 1000)], ms(base + i), "m1")
-            .await;
-    }
+    write_one_per_batch(&logs, base, 0..5).await;
     wait_for_cursor(&api, &logs, "0:5").await;
     let mut stream = api.stream("/api/logs/stream", None).await;
     assert_eq!(
@@ -414,10 +408,7 @@ async fn a_last_event_id_ahead_of_the_feed_gets_a_reset() {
     let api = support::start(support::private_settings()).await;
     let logs = api.mongo().await;
     let base = 1_800_000_000_000i64;
-    for i in 0..5i64 {
-        logs.write_batch(&[log(0, i, (base + i) * 1000)], ms(base + i), "m1")
-            .await;
-    }
+    write_one_per_batch(&logs, base, 0..5).await;
     wait_for_cursor(&api, &logs, "0:5").await;
     for ahead in ["0:9", "0:5,7:1"] {
         let mut stream = api.stream("/api/logs/stream", Some(ahead)).await;
@@ -464,4 +455,13 @@ async fn a_stream_ends_after_its_lifetime_and_resumes_with_its_last_id() {
     assert_eq!(e.event, "logs");
     assert_eq!(e.json()["logs"][0]["offset"], 1);
     api.clean_up().await;
+}
+
+/// Logs of partition 0 at `offsets`, one batch each, accepted and logged `offset` ms after
+/// `base` by member m1.
+async fn write_one_per_batch(logs: &Logs, base: i64, offsets: std::ops::Range<i64>) {
+    for i in offsets {
+        logs.write_batch(&[log(0, i, (base + i) * 1000)], ms(base + i), "m1")
+            .await;
+    }
 }
