@@ -1,14 +1,15 @@
 """`make bench`: urna measured against the limits of the machine it runs on, each limit
 taken in the same run, and docs/benchmarks.md written from the figures.
 
-    python3 bench/run.py [--repeats 3] [--seconds 10] [--only http,e2e,cpu,kafka,sinks,wasm]
+    python3 bench/run.py [--repeats 3] [--seconds 10] [--only http,e2e,cpu,kafka,sinks,wasm,logs]
 
 Stages (bench/stages/): `http` (each producer vs a handler that only answers 202, at
 saturation and at 20 % of it), `e2e` (acceptance → visible, before/after the consumer's
 batching change), `cpu` (CPU per vote per process, both producers saturated, before/after
 the consumer's changes), `kafka` (the producers' Kafka settings vs
 Kafka's own perf test), `sinks` (the consumer vs each sink's ceiling), `wasm` (a fresh Wasm
-instance vs the native call). Build and stack first: scripts/bench.sh does both.
+instance vs the native call), `logs` (latest 20 and a vote's way to the log stream at
+1,000,000 logs, vs the API's old queries). Build and stack first: scripts/bench.sh does both.
 With --only, the report goes to .stack/bench-partial.md instead of docs/.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.stages.common import REPO, Ctx, Result, log  # noqa: E402
 
-ALL = ("http", "e2e", "cpu", "kafka", "sinks", "wasm")
+ALL = ("http", "e2e", "cpu", "kafka", "sinks", "wasm", "logs")
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ if [ "$("$tools/bin/oha" --version 2>/dev/null)" != "oha $OHA_VERSION" ]; then
   cargo install -q --locked --root "$tools" oha --version "$OHA_VERSION"
 fi
 python3 -m pip install -q --disable-pip-version-check -r bench/requirements.txt
-cargo build -q --release -p urna-host -p urna-grpc -p urna-consumer -p urna-bench
+cargo build -q --release -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api -p urna-bench
 cargo build -q --release -p urna-consumer --example throughput
 cargo build -q -p vote-module --target wasm32-wasip1 --profile wasm
 

@@ -19,7 +19,9 @@ use mongodb::options::IndexOptions;
 use crate::batch::Batch;
 use crate::owner::Owner;
 use urna_common::idempotency::{key_hash, window_epoch};
-use urna_common::stores::{LogCollections, is_duplicate_key, only_duplicate_keys};
+use urna_common::stores::{
+    LogCollections, RecentBatch, duplicate_key_indexes, is_duplicate_key, log_id,
+};
 
 /// `_id` of the owner document in the progress collection.
 const OWNER_ID: &str = "owner";
@@ -45,9 +47,15 @@ pub struct MongoApplied {
     pub gaps: Vec<(i32, i64)>,
 }
 
-/// The unique index of `idempotency_key` alone (before 2026-12): it refused the log of a
-/// key counted again a window later. Dropped at start.
-const PERMANENT_KEY_INDEX: &str = "idempotency_key_unique";
+/// Indexes earlier versions created, dropped at start: the unique index of
+/// `idempotency_key` alone (it refused the log of a key counted again a window later),
+/// and the logs API's range and "latest N" indexes (the API now reads logs by `_id`
+/// only, and each index costs every insert; FerretDB's SQLite backend never used them).
+const RETIRED_INDEXES: [&str; 3] = [
+    "idempotency_key_unique",
+    "topic_partition_offset",
+    "topic_latest",
+];
 
 impl MongoSink {
     pub async fn connect(
@@ -103,8 +111,10 @@ impl MongoSink {
             self.log.logs.create_index(index).await?;
         }
         let names = self.log.logs.list_index_names().await?;
-        if names.iter().any(|n| n == PERMANENT_KEY_INDEX) {
-            self.log.logs.drop_index(PERMANENT_KEY_INDEX).await?;
+        for retired in RETIRED_INDEXES {
+            if names.iter().any(|n| n == retired) {
+                self.log.logs.drop_index(retired).await?;
+            }
         }
         Ok(())
     }
@@ -138,7 +148,9 @@ impl MongoSink {
             })
             .collect();
         let batch = batch.retain_partitions(|p| !gaps.iter().any(|&(g, _)| g == p));
-        let inserted = self.insert(&batch).await?;
+        let (inserted, recent) = self.insert(&batch).await?;
+        // Before the progress mark: the logs API reads a batch once its mark is in.
+        self.log.write_recent(&recent).await?;
         let next = batch.next_offsets();
         self.log.raise_progress(&next).await?;
         if let Ok(mut cache) = self.known_next.lock() {
@@ -166,14 +178,15 @@ impl MongoSink {
         Ok(())
     }
 
-    /// Inserts the log documents of `batch`; returns how many were new.
-    async fn insert(&self, batch: &Batch) -> mongodb::error::Result<u64> {
+    /// Inserts the log documents of `batch`; returns how many were new, and the batch's
+    /// logs per partition for `<logs>.recent`.
+    async fn insert(&self, batch: &Batch) -> mongodb::error::Result<(u64, Vec<RecentBatch>)> {
         let logged_at = DateTime::now();
-        let docs: Vec<Document> = batch
+        let docs: Vec<(i32, Document)> = batch
             .votes()
             .map(|(partition, offset, r)| {
                 let mut log = doc! {
-                    "_id": format!("{}-{partition}-{offset}", self.topic),
+                    "_id": log_id(&self.topic, partition, offset),
                     "vote_id": &r.id,
                     "name": &r.name,
                     "album": &r.album,
@@ -201,22 +214,23 @@ impl MongoSink {
                         ),
                     );
                 }
-                log
+                (partition, log)
             })
             .collect();
-        let wanted = docs.len() as u64;
-        let inserted = if docs.is_empty() {
-            0
+        let refused = if docs.is_empty() {
+            Vec::new()
         } else {
-            match self.log.logs.insert_many(docs).ordered(false).await {
-                Ok(result) => result.inserted_ids.len() as u64,
-                Err(e) => match only_duplicate_keys(&e) {
-                    Some(duplicates) => wanted - duplicates,
+            let logs = docs.iter().map(|(_, d)| d);
+            match self.log.logs.insert_many(logs).ordered(false).await {
+                Ok(_) => Vec::new(),
+                Err(e) => match duplicate_key_indexes(&e) {
+                    Some(refused) => refused,
                     None => return Err(e),
                 },
             }
         };
-        Ok(inserted)
+        let inserted = (docs.len() - refused.len()) as u64;
+        Ok((inserted, recent_batches(batch, docs, &refused)))
     }
 
     /// True when MongoDB answers a read of this sink's progress within `within`.
@@ -260,14 +274,15 @@ impl MongoSink {
         }
     }
 
-    /// Drops the logs and the progress (owner included); returns the collections dropped.
+    /// Drops the logs, their recent copy and the progress (owner included); returns the
+    /// collections dropped.
     pub async fn reset(&self) -> mongodb::error::Result<Vec<String>> {
-        self.log.logs.drop().await?;
-        self.log.progress.drop().await?;
-        Ok(vec![
-            self.log.logs.name().to_owned(),
-            self.log.progress.name().to_owned(),
-        ])
+        let mut dropped = Vec::new();
+        for collection in [&self.log.logs, &self.log.recent, &self.log.progress] {
+            collection.drop().await?;
+            dropped.push(collection.name().to_owned());
+        }
+        Ok(dropped)
     }
 
     pub async fn ping(&self) -> bool {
@@ -279,4 +294,43 @@ impl MongoSink {
             .await
             .is_ok()
     }
+}
+
+/// The batch's logs per partition, as `<logs>.recent` keeps them: every log document
+/// but those refused as duplicates that carry an idempotency slot. A refused `_id` is a
+/// log written before (a replay), so it stays; a refused slot is a retry that is *not*
+/// logged. FerretDB's duplicate-key error does not name the index, so a keyed log refused
+/// for its `_id` (a replay after a crash between the two writes) is left out of the live
+/// view too; it is in the log collection all the same.
+fn recent_batches(
+    batch: &Batch,
+    docs: Vec<(i32, Document)>,
+    refused: &[usize],
+) -> Vec<RecentBatch> {
+    let next = batch.next_offsets();
+    let mut by_partition: BTreeMap<i32, RecentBatch> = batch
+        .first_offsets()
+        .into_iter()
+        .map(|(partition, first)| {
+            let next = next.get(&partition).copied().unwrap_or(first);
+            (
+                partition,
+                RecentBatch {
+                    partition,
+                    first,
+                    next,
+                    logs: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for (i, (partition, log)) in docs.into_iter().enumerate() {
+        if refused.contains(&i) && log.contains_key("idempotency_slot") {
+            continue;
+        }
+        if let Some(b) = by_partition.get_mut(&partition) {
+            b.logs.push(log);
+        }
+    }
+    by_partition.into_values().collect()
 }

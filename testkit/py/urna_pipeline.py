@@ -277,5 +277,5 @@ class Pipeline:
             r.delete(*keys)
         import pymongo
         db = pymongo.MongoClient(MONGO_URL, serverSelectionTimeoutMS=5000)[self.mongo_db]
-        for c in (self.collection, self.collection + ".progress"):
+        for c in (self.collection, self.collection + ".progress", self.collection + ".recent"):
             db.drop_collection(c)

@@ -307,6 +307,11 @@ async fn poison_records_go_to_the_dead_letter_topic_once_and_do_not_stall() {
     .await;
     assert_eq!(f.redis_state().await, f.expected);
     assert_eq!(f.dlq_records(), 3);
+    // The live view's copy: batches that chain up to each partition's end, with every
+    // log and no poison record (their offsets are in a batch's range, without a log).
+    let (chained, recent_logs) = f.recent_chain().await;
+    assert_eq!(chained, f.mongo_offsets().await);
+    assert_eq!(recent_logs, 100);
     member.stop().await;
 
     // A replay of the whole topic (Mongo's progress lost, so a member starts at the

@@ -243,6 +243,32 @@ impl Fixture {
         self.logs(&client).count_documents(doc! {}).await.unwrap()
     }
 
+    /// What `<logs>.recent` holds: per partition, how far its batches chain up from
+    /// offset 0 without a hole (each starts where the one before ended), and the logs
+    /// they carry in all.
+    pub async fn recent_chain(&self) -> (BTreeMap<i32, i64>, usize) {
+        let log = urna_common::stores::LogCollections::open(
+            &self.settings.mongo_url,
+            &self.settings.mongo_db,
+            &self.settings.mongo_collection,
+            &self.settings.group_id,
+            &self.settings.kafka.kafka_topic,
+            "urna-consumer-tests",
+        )
+        .await
+        .unwrap();
+        let mut kept = log.recent_all(Duration::from_secs(5)).await.unwrap();
+        kept.sort_by_key(|b| (b.partition, b.first));
+        let mut chained = BTreeMap::new();
+        for b in &kept {
+            let at = chained.entry(b.partition).or_insert(0);
+            if b.first == *at {
+                *at = b.next;
+            }
+        }
+        (chained, kept.iter().map(|b| b.logs.len()).sum())
+    }
+
     /// Mongo's own next offset per partition.
     pub async fn mongo_offsets(&self) -> BTreeMap<i32, i64> {
         self.mongo_sink().await.stored_offsets().await.unwrap()

@@ -4,8 +4,9 @@
 //! (each member stamps its batches with its own clock, so a log can arrive older than
 //! one already seen); it follows the consumer's progress record instead: per partition,
 //! the offset below which every log is already in MongoDB. Each poll reads that record
-//! and, where it moved, the logs in `[cursor, progress)` by `(partition, offset)`, and
-//! broadcasts them as one chunk `from → to`. Because a partition's offsets below its
+//! and, where it moved, the logs at the offsets in `[cursor, progress)`, each by its `_id`
+//! (the one read FerretDB answers from an index, so a poll costs what is new, not what
+//! the collection holds), and broadcasts them as one chunk `from → to`. Because a partition's offsets below its
 //! progress never gain a new log later and the ranges of successive chunks touch without
 //! overlapping, no log is skipped or repeated (docs/architecture.md, "Logs stream").
 //!
@@ -14,7 +15,8 @@
 //!
 //! Subscribers keep their own cursor. A slow one that falls behind the bounded
 //! broadcast, or a browser that reconnects with `Last-Event-ID`, catches up from MongoDB
-//! by the same range read; if that is too far it is told to `reset` (start afresh).
+//! by the same reads; if that is more than [`CATCH_UP_MAX`] offsets it is told to `reset`
+//! (start afresh).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,14 +26,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::cursor::Cursor;
-use crate::logs::{LogEntry, LogStore};
+use crate::logs::{LogEntry, LogStore, Range};
 
-/// Logs read per poll at most; more wait for the next poll (bounded memory per chunk).
-const CHUNK_MAX: usize = 2_000;
 /// Chunks kept for subscribers that are momentarily behind.
 const BROADCAST_CHUNKS: usize = 64;
-/// How far a subscriber may catch up from MongoDB before it is told to reset.
-pub const CATCH_UP_MAX: usize = 5_000;
+/// How many offsets a subscriber may catch up from MongoDB before it is told to reset:
+/// a browser back from some seconds away, not a replay of the log (what is older than
+/// `RECENT_KEEP` offsets of a partition is not kept for the live view anyway).
+pub const CATCH_UP_MAX: i64 = 2_000;
 
 /// Logs that moved the feed from one cursor to the next.
 #[derive(Debug)]
@@ -110,11 +112,10 @@ impl LogFeed {
 
     /// Starts over at `progress` with the newest logs below it read from MongoDB.
     async fn start_at(&self, progress: Cursor) -> mongodb::error::Result<()> {
-        let mut seed = self
-            .store
-            .latest_before(&progress, RECENT_MAX as u32)
-            .await?;
-        seed.reverse();
+        let mut seed = self.store.before(&progress).await?;
+        sort_for_display(&mut seed);
+        let over = seed.len().saturating_sub(RECENT_MAX);
+        seed.drain(..over);
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.recent = seed.into();
         shared.cursor = Some(progress);
@@ -179,7 +180,14 @@ impl LogFeed {
         if from.ranges_to(&progress).is_empty() {
             return Ok(());
         }
-        let (mut logs, to) = self.store.range(&from, &progress, CHUNK_MAX).await?;
+        let Range { mut logs, complete } = self.store.range(&from, &progress).await?;
+        if !complete {
+            // The feed fell more than RECENT_KEEP offsets behind, or the consumer skipped
+            // records Kafka had deleted: the logs are in MongoDB, not on the streams.
+            metrics::counter!("urna_api_log_ranges_incomplete_total").increment(1);
+            tracing::warn!(%from, to = %progress, "log feed: part of the range is no longer kept in the recent logs");
+        }
+        let to = progress;
         sort_for_display(&mut logs);
         metrics::counter!("urna_api_logs_streamed_total").increment(logs.len() as u64);
         let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -210,16 +218,26 @@ pub enum Step {
     Reset,
 }
 
-/// Catches `mine` up to `target` from MongoDB (bounded by [`CATCH_UP_MAX`]).
+/// Catches `mine` up to `target` from MongoDB, if that is at most [`CATCH_UP_MAX`]
+/// offsets away (decided before reading anything: each offset is one lookup).
 pub async fn catch_up(
     store: &LogStore,
     mine: &Cursor,
     target: &Cursor,
 ) -> mongodb::error::Result<Step> {
-    let (mut logs, reached) = store.range(mine, target, CATCH_UP_MAX).await?;
-    if !reached.ranges_to(target).is_empty() {
+    let behind: i64 = mine
+        .ranges_to(target)
+        .iter()
+        .map(|(_, from, to)| to - from)
+        .sum();
+    if behind > CATCH_UP_MAX {
         return Ok(Step::Reset);
     }
+    let Range { mut logs, complete } = store.range(mine, target).await?;
+    if !complete {
+        return Ok(Step::Reset);
+    }
+    let reached = target.clone();
     sort_for_display(&mut logs);
     let mut next = mine.clone();
     next.advance_to(&reached);

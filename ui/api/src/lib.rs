@@ -53,9 +53,6 @@ pub async fn run(
     .await
     .context("MongoDB settings")?
     .with_max_time(std::time::Duration::from_millis(settings.mongo_max_time_ms));
-    if let Err(e) = store.ensure_indexes().await {
-        tracing::warn!(error = %e, "cannot create the logs range index yet; streams still work, slower");
-    }
     let results = connect_redis(&settings, &shutdown).await?;
     let feed = feed::LogFeed::new(store.clone());
     tokio::spawn(feed.clone().run(settings.logs_poll(), shutdown.clone()));

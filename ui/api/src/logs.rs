@@ -1,23 +1,16 @@
-//! The consumer's log documents in MongoDB, read-only: the latest logs, the consumer's
-//! per-partition progress, and the logs inside a cursor range.
+//! The consumer's logs in MongoDB, read-only: the consumer's per-partition progress,
+//! and the logs inside a cursor range or just below a cursor, from the small copy of the
+//! newest logs the consumer keeps beside the log (`urna_common::stores::recent`).
 //!
 //! The API never takes a Mongo filter from a request: every query here is built from
-//! validated numbers (a limit, cursor offsets) and the configured topic.
+//! validated numbers (cursor offsets) and the configured group and topic.
 
-use futures::TryStreamExt as _;
-use mongodb::IndexModel;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::IndexOptions;
 use serde::Serialize;
 
-use urna_common::stores::LogCollections;
+use urna_common::stores::{LogCollections, RecentBatch};
 
 use crate::cursor::Cursor;
-
-/// The index of "latest N": the filter's field, then the sort's, in the sort's order.
-static LATEST_SORT_INDEX: std::sync::LazyLock<Document> = std::sync::LazyLock::new(
-    || doc! { "topic": 1, "logged_at": -1, "accepted_at_micros": -1, "_id": -1 },
-);
 
 /// One log as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -88,7 +81,6 @@ impl LogEntry {
 #[derive(Clone)]
 pub struct LogStore {
     log: LogCollections,
-    topic: String,
     /// `maxTimeMS` of every query.
     max_time: std::time::Duration,
 }
@@ -103,9 +95,7 @@ impl LogStore {
     ) -> mongodb::error::Result<LogStore> {
         let log = LogCollections::open(url, db, collection, group, topic, "urna-api").await?;
         Ok(LogStore {
-            // Written by the consumer's Mongo sink: `{_id: "<group>|<topic>", next: {p: offset}}`.
             log,
-            topic: topic.to_owned(),
             max_time: urna_common::stores::QUERY_MAX_TIME,
         })
     }
@@ -114,30 +104,6 @@ impl LogStore {
     pub fn with_max_time(mut self, max_time: std::time::Duration) -> LogStore {
         self.max_time = max_time;
         self
-    }
-
-    /// The indexes the reads use (idempotent; the consumer owns the collection and its
-    /// `logged_at_desc` index, these are the reader's): the stream's range reads, and
-    /// "latest N", whose filter and sort this index matches field for field.
-    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
-        };
-        // One at a time: FerretDB 2 drops the connection when one `createIndexes` names
-        // several indexes that all exist already (see the consumer's mongo_sink).
-        for model in [
-            index(
-                doc! { "topic": 1, "partition": 1, "offset": 1 },
-                "topic_partition_offset",
-            ),
-            index(LATEST_SORT_INDEX.clone(), "topic_latest"),
-        ] {
-            self.log.logs.create_index(model).await?;
-        }
-        Ok(())
     }
 
     pub async fn ping(&self) -> bool {
@@ -150,95 +116,81 @@ impl LogStore {
             .is_ok()
     }
 
-    /// The newest `limit` logs, newest first.
-    pub async fn latest(&self, limit: u32) -> mongodb::error::Result<Vec<LogEntry>> {
-        let docs: Vec<Document> = self
-            .log
-            .logs
-            .find(doc! { "topic": &self.topic })
-            .sort(doc! { "logged_at": -1, "accepted_at_micros": -1, "_id": -1 })
-            .limit(i64::from(limit))
-            .max_time(self.max_time)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(docs.iter().map(LogEntry::from_document).collect())
-    }
-
-    /// The newest `limit` logs *before* `cursor` (newest first): the stream's snapshot,
-    /// so snapshot and stream meet exactly at the cursor. Reads the `logged_at` index
-    /// with some headroom and drops the logs at or past the cursor (those are in flight
-    /// and will arrive on the stream).
-    pub async fn latest_before(
-        &self,
-        cursor: &Cursor,
-        limit: u32,
-    ) -> mongodb::error::Result<Vec<LogEntry>> {
-        const HEADROOM: u32 = 500;
-        let mut logs = self.latest(limit + HEADROOM).await?;
-        logs.retain(|l| !cursor.is_pending(l.partition, l.offset));
-        logs.truncate(limit as usize);
-        Ok(logs)
+    /// The logs below `cursor` that `<logs>.recent` keeps (the newest
+    /// [`RECENT_KEEP`](urna_common::stores::RECENT_KEEP) offsets of each partition; the
+    /// stream's snapshot is the newest of these, so snapshot and stream meet exactly at
+    /// the cursor), in no particular order.
+    pub async fn before(&self, cursor: &Cursor) -> mongodb::error::Result<Vec<LogEntry>> {
+        let kept = self.log.recent_all(self.max_time).await?;
+        Ok(kept
+            .iter()
+            .flat_map(|b| b.logs.iter().map(LogEntry::from_document))
+            .filter(|l| !cursor.is_pending(l.partition, l.offset))
+            .collect())
     }
 
     /// Per partition, the next offset below which every log is in the collection
-    /// (the consumer raises it with `$max` only after a batch's logs are all written).
+    /// (the consumer raises it only after a batch's logs are all written).
     pub async fn progress(&self) -> mongodb::error::Result<Cursor> {
         Ok(Cursor::new(self.log.read_progress().await?))
     }
 
-    /// The logs between `from` and `to` (at most `limit`), in partition and offset order,
-    /// and the cursor they reach: `to` when all fit, otherwise just past the last log read.
-    pub async fn range(
-        &self,
-        from: &Cursor,
-        to: &Cursor,
-        limit: usize,
-    ) -> mongodb::error::Result<(Vec<LogEntry>, Cursor)> {
-        let mut reached = from.clone();
-        let mut logs = Vec::new();
-        for (partition, start, end) in from.ranges_to(to) {
-            let room = limit - logs.len();
-            let found = self.partition_range(partition, start, end, room).await?;
-            let full = found.len() == room;
-            match found.last() {
-                Some(last) if full => reached.set(partition, last.offset + 1),
-                _ => reached.set(partition, end),
-            }
-            logs.extend(found);
-            if full {
-                break;
-            }
-        }
-        Ok((logs, reached))
-    }
-
-    /// Logs of one partition with `start <= offset < end`, by offset, at most `limit`.
-    async fn partition_range(
-        &self,
-        partition: i32,
-        start: i64,
-        end: i64,
-        limit: usize,
-    ) -> mongodb::error::Result<Vec<LogEntry>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let filter = doc! {
-            "topic": &self.topic,
-            "partition": partition,
-            "offset": { "$gte": start, "$lt": end },
+    /// The logs between `from` and `to`, by partition and offset, read from
+    /// `<logs>.recent` (never from the log collection, which FerretDB can only scan).
+    /// `complete` is false when part of the range is no longer kept there (pruned, or
+    /// skipped by the consumer), so some of its logs are missing.
+    pub async fn range(&self, from: &Cursor, to: &Cursor) -> mongodb::error::Result<Range> {
+        let mut found = Range {
+            logs: Vec::new(),
+            complete: true,
         };
-        let docs: Vec<Document> = self
-            .log
-            .logs
-            .find(filter)
-            .sort(doc! { "offset": 1 })
-            .limit(limit as i64)
-            .max_time(self.max_time)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(docs.iter().map(LogEntry::from_document).collect())
+        // Read once, and only when a batch is not where the chain expects it.
+        let mut kept: Option<Vec<RecentBatch>> = None;
+        for (partition, start, end) in from.ranges_to(to) {
+            let mut at = start;
+            while at < end {
+                // A partition's batches chain up: each starts where the one before ended.
+                let batch = match self.log.recent_at(partition, at, self.max_time).await? {
+                    Some(b) if b.next > at => b,
+                    _ => {
+                        if kept.is_none() {
+                            kept = Some(self.log.recent_all(self.max_time).await?);
+                        }
+                        let mine = kept.iter().flatten().filter(|b| b.partition == partition);
+                        let covering = mine.clone().find(|b| b.first <= at && at < b.next);
+                        match covering.or_else(|| {
+                            mine.filter(|b| b.first > at && b.first < end)
+                                .min_by_key(|b| b.first)
+                        }) {
+                            Some(b) => {
+                                found.complete &= b.first <= at;
+                                b.clone()
+                            }
+                            None => {
+                                found.complete = false;
+                                break;
+                            }
+                        }
+                    }
+                };
+                found.logs.extend(
+                    batch
+                        .logs
+                        .iter()
+                        .map(LogEntry::from_document)
+                        .filter(|l| l.offset >= at && l.offset < end),
+                );
+                at = batch.next;
+            }
+        }
+        Ok(found)
     }
+}
+
+/// What [`LogStore::range`] read.
+#[derive(Debug)]
+pub struct Range {
+    pub logs: Vec<LogEntry>,
+    /// False when some of the range was not kept any more.
+    pub complete: bool,
 }

@@ -380,8 +380,7 @@ async fn a_reset_of_the_logs_restarts_the_streams() {
         stream.next(Duration::from_secs(5)).await.unwrap().event,
         "snapshot"
     );
-    logs.logs.drop().await.unwrap();
-    logs.progress.drop().await.unwrap();
+    logs.drop_all().await;
     logs.write_batch(&[log(0, 0, base * 1000)], ms(base), "m1")
         .await;
     let e = stream.next(Duration::from_secs(10)).await.expect("reset");
@@ -454,6 +453,96 @@ async fn a_stream_ends_after_its_lifetime_and_resumes_with_its_last_id() {
         .expect("the next log");
     assert_eq!(e.event, "logs");
     assert_eq!(e.json()["logs"][0]["offset"], 1);
+    api.clean_up().await;
+}
+
+/// The live view never queries the log collection (FerretDB's SQLite backend scans it
+/// for any query, an `_id` lookup included: seconds at 100,000 logs). A writer that
+/// writes only the recent copy and the progress still gets every log to `/api/logs`,
+/// a new stream's snapshot, a stream, and a stream that resumes with `Last-Event-ID`.
+/// Before the recent copy, the API read the log collection and showed none of these.
+#[tokio::test]
+async fn the_live_view_is_served_from_the_recent_copy_alone() {
+    let api = support::start(support::private_settings()).await;
+    let logs = api.mongo().await;
+    let base = 1_800_000_000_000i64;
+    for i in 0..6i64 {
+        let batch = [
+            log(0, 2 * i, (base + 2 * i) * 1000),
+            log(0, 2 * i + 1, (base + 2 * i + 1) * 1000),
+        ];
+        logs.write_batch_without_log(&batch, ms(base + 2 * i), "m1")
+            .await;
+    }
+    wait_for_cursor(&api, &logs, "0:12").await;
+    let (_, body) = api.get_json("/api/logs?limit=5").await;
+    let offsets = |v: &serde_json::Value| -> Vec<i64> {
+        v["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["offset"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(offsets(&body), vec![11, 10, 9, 8, 7]);
+    let mut stream = api.stream("/api/logs/stream", None).await;
+    let snapshot = stream.next(Duration::from_secs(5)).await.expect("snapshot");
+    assert_eq!(offsets(&snapshot.json()), (0..12).collect::<Vec<_>>());
+    logs.write_batch_without_log(&[log(0, 12, (base + 12) * 1000)], ms(base + 12), "m1")
+        .await;
+    let e = stream.next(Duration::from_secs(10)).await.expect("new log");
+    assert_eq!((e.event.as_str(), offsets(&e.json())), ("logs", vec![12]));
+    let mut resumed = api.stream("/api/logs/stream", Some("0:3")).await;
+    let e = resumed
+        .next(Duration::from_secs(5))
+        .await
+        .expect("catch-up");
+    assert_eq!(offsets(&e.json()), (3..13).collect::<Vec<_>>());
+    assert_eq!(e.id.as_deref(), Some("0:13"));
+    assert_eq!(
+        logs.logs
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        0
+    );
+    api.clean_up().await;
+}
+
+/// The recent copy keeps the newest `RECENT_KEEP` offsets of a partition: a browser that
+/// comes back from further (but within the catch-up limit) gets `reset`, not a stream
+/// with a hole; one within the kept offsets catches up exactly.
+#[tokio::test]
+async fn a_last_event_id_older_than_the_recent_copy_gets_a_reset() {
+    let api = support::start(support::private_settings()).await;
+    let logs = api.mongo().await;
+    let base = 1_800_000_000_000i64;
+    let keep = urna_common::stores::RECENT_KEEP;
+    let total = keep + 100;
+    for first in (0..total).step_by(10) {
+        let batch: Vec<Log> = (first..first + 10)
+            .map(|i| log(0, i, (base + i) * 1000))
+            .collect();
+        logs.write_batch(&batch, ms(base + first), "m1").await;
+    }
+    // The writer prunes at most once a second: until it has, raise the same progress.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logs.oldest_recent(0).await != Some(total - keep) {
+        assert!(Instant::now() < deadline, "the recent copy was not pruned");
+        logs.raise(0, total).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_cursor(&api, &logs, &format!("0:{total}")).await;
+    let mut stream = api.stream("/api/logs/stream", Some("0:50")).await;
+    let e = stream.next(Duration::from_secs(5)).await.expect("an event");
+    assert_eq!(e.event, "reset");
+    let from = total - keep;
+    let mut stream = api
+        .stream("/api/logs/stream", Some(&format!("0:{from}")))
+        .await;
+    let e = stream.next(Duration::from_secs(5)).await.expect("catch-up");
+    assert_eq!(e.event, "logs");
+    assert_eq!(e.json()["logs"].as_array().unwrap().len(), keep as usize);
     api.clean_up().await;
 }
 

@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use mongodb::Collection;
 use mongodb::bson::{DateTime, Document, doc};
 use tokio_util::sync::CancellationToken;
-use urna_common::stores::LogCollections;
+use urna_common::stores::{LogCollections, RecentBatch};
 use urna_ui_api::Settings;
 
 pub struct Api {
@@ -152,6 +152,7 @@ impl Api {
         let logs = self.mongo().await;
         let _ = logs.logs.drop().await;
         let _ = logs.progress.drop().await;
+        let _ = logs.store.recent.drop().await;
     }
 }
 
@@ -179,7 +180,7 @@ pub struct Log {
 
 impl Log {
     pub fn id(&self, topic: &str) -> String {
-        format!("{topic}-{}-{}", self.partition, self.offset)
+        urna_common::stores::log_id(topic, self.partition, self.offset)
     }
 }
 
@@ -187,6 +188,38 @@ impl Logs {
     /// One batch, the consumer's way: every log inserted (unordered, duplicates
     /// ignored), *then* the progress raised. `logged_at` is the writer's clock.
     pub async fn write_batch(&self, logs: &[Log], logged_at: DateTime, member: &str) {
+        self.write(logs, logged_at, member, true).await;
+    }
+
+    /// A batch's recent copy and progress, but no log documents: what the logs API shows
+    /// must come from the recent copy alone.
+    pub async fn write_batch_without_log(&self, logs: &[Log], logged_at: DateTime, member: &str) {
+        self.write(logs, logged_at, member, false).await;
+    }
+
+    /// Drops the logs, their recent copy and the progress, as `urna-consumer reset` does.
+    pub async fn drop_all(&self) {
+        for c in [&self.logs, &self.store.recent, &self.progress] {
+            c.drop().await.unwrap();
+        }
+    }
+
+    /// The first offset of the oldest batch of `partition` the recent copy keeps.
+    pub async fn oldest_recent(&self, partition: i32) -> Option<i64> {
+        let kept = self.store.recent_all(Duration::from_secs(5)).await.unwrap();
+        kept.iter()
+            .filter(|b| b.partition == partition)
+            .map(|b| b.first)
+            .min()
+    }
+
+    /// Raises `partition`'s progress to `next` (again), which prunes when one is due.
+    pub async fn raise(&self, partition: i32, next: i64) {
+        let next = BTreeMap::from([(partition, next)]);
+        self.store.raise_progress(&next).await.unwrap();
+    }
+
+    async fn write(&self, logs: &[Log], logged_at: DateTime, member: &str, with_log: bool) {
         let docs: Vec<Document> = logs
             .iter()
             .map(|l| {
@@ -208,8 +241,9 @@ impl Logs {
                 }
             })
             .collect();
-        if !docs.is_empty()
-            && let Err(e) = self.logs.insert_many(docs).ordered(false).await
+        if with_log
+            && !docs.is_empty()
+            && let Err(e) = self.logs.insert_many(&docs).ordered(false).await
         {
             let only_duplicates = match e.kind.as_ref() {
                 mongodb::error::ErrorKind::InsertMany(f) => f
@@ -220,11 +254,21 @@ impl Logs {
             };
             assert!(only_duplicates, "insert: {e}");
         }
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for l in logs {
-            let n = next.entry(l.partition).or_default();
-            *n = (*n).max(l.offset + 1);
+        let mut recent: BTreeMap<i32, RecentBatch> = BTreeMap::new();
+        for (l, doc) in logs.iter().zip(docs) {
+            let b = recent.entry(l.partition).or_insert_with(|| RecentBatch {
+                partition: l.partition,
+                first: l.offset,
+                next: l.offset,
+                logs: Vec::new(),
+            });
+            b.first = b.first.min(l.offset);
+            b.next = b.next.max(l.offset + 1);
+            b.logs.push(doc);
         }
+        let recent: Vec<RecentBatch> = recent.into_values().collect();
+        self.store.write_recent(&recent).await.expect("recent");
+        let next = recent.iter().map(|b| (b.partition, b.next)).collect();
         self.store.raise_progress(&next).await.expect("progress");
     }
 }

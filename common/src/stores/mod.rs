@@ -10,6 +10,9 @@ use mongodb::bson::{Bson, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub mod recent;
+pub use recent::{RECENT_KEEP, RecentBatch};
+
 /// A database handle; 3 s to select a server or connect, so a down MongoDB is an error
 /// the caller retries, not a hang. `app` names the client in the server's logs.
 pub async fn mongo_database(
@@ -22,6 +25,13 @@ pub async fn mongo_database(
     options.connect_timeout = Some(Duration::from_secs(3));
     options.app_name = Some(app.to_owned());
     Ok(mongodb::Client::with_options(options)?.database(db))
+}
+
+/// A log document's `_id`: `<topic>-<partition>-<offset>`. The consumer writes it so a
+/// redelivered record cannot be logged twice; the logs API reads by it, because an `_id`
+/// lookup is the one read FerretDB's SQLite backend answers from an index.
+pub fn log_id(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}-{partition}-{offset}")
 }
 
 /// The log schema the consumer writes and the logs API reads: the log collection and,
@@ -40,6 +50,8 @@ pub async fn mongo_database(
 pub struct LogCollections {
     pub logs: mongodb::Collection<mongodb::bson::Document>,
     pub progress: mongodb::Collection<mongodb::bson::Document>,
+    /// `<logs>.recent`: the newest logs again, by batch, for the logs API (see [`recent`]).
+    pub recent: mongodb::Collection<mongodb::bson::Document>,
     /// `<group>|<topic>`: which progress marks are this group's for this topic.
     progress_of: String,
     /// The marks this writer raised since it last deleted the ones they passed.
@@ -73,6 +85,7 @@ impl LogCollections {
         Ok(LogCollections {
             logs: database.collection(collection),
             progress: database.collection(&format!("{collection}.progress")),
+            recent: database.collection(&format!("{collection}.recent")),
             progress_of: format!("{group}|{topic}"),
             prune: Default::default(),
         })
@@ -112,7 +125,7 @@ impl LogCollections {
         self.progress
             .delete_many(doc! { "of": &self.progress_of, "$or": passed })
             .await?;
-        Ok(())
+        self.prune_recent(&raised).await
     }
 
     /// Notes `next`; at most once per [`PRUNE_INTERVAL`] (and on the first call) returns
@@ -168,19 +181,25 @@ pub const DUPLICATE_KEY: i32 = 11000;
 /// `Some(n)` when the only errors of an unordered insert are `n` duplicate keys (a replay).
 pub fn only_duplicate_keys(e: &mongodb::error::Error) -> Option<u64> {
     match e.kind.as_ref() {
-        ErrorKind::InsertMany(failure) => {
-            if failure.write_concern_error.is_some() {
-                return None;
-            }
-            let errors = failure.write_errors.as_ref()?;
-            errors
-                .iter()
-                .all(|w| w.code == DUPLICATE_KEY)
-                .then_some(errors.len() as u64)
-        }
         ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY => Some(1),
-        _ => None,
+        _ => duplicate_key_indexes(e).map(|i| i.len() as u64),
     }
+}
+
+/// `Some(indexes)` when the only errors of an unordered `insert_many` are duplicate keys:
+/// the positions of the documents refused.
+pub fn duplicate_key_indexes(e: &mongodb::error::Error) -> Option<Vec<usize>> {
+    let ErrorKind::InsertMany(failure) = e.kind.as_ref() else {
+        return None;
+    };
+    if failure.write_concern_error.is_some() {
+        return None;
+    }
+    let errors = failure.write_errors.as_ref()?;
+    errors
+        .iter()
+        .all(|w| w.code == DUPLICATE_KEY)
+        .then(|| errors.iter().map(|w| w.index).collect())
 }
 
 pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
