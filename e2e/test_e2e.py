@@ -125,6 +125,53 @@ def test_kafka_frozen_longer_than_the_session_timeout(pipeline, stack):
     assert_exact(pipeline, record, "Kafka frozen 12 s, then 40 more votes")
 
 
+def metric_sum(base_url: str, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples on a process's `/metrics` whose labels contain
+    `labels` (e.g. 'cause="stalled"'); 0 when it has none yet."""
+    text = requests.get(base_url + "/metrics", timeout=5).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_kafka_frozen_until_the_watchdog_restarts_it(pipeline, stack):
+    """The broker frozen (SIGSTOP) and left so until the stack's health watch kills and
+    restarts it, under keyed traffic: past URNA_KAFKA_REBUILD_AFTER_MS (15 s) without a
+    working client, each producer replaces its Kafka client (`cause="stalled"`: the path
+    the 12-s freeze above never needed), and after the restart every 202 is counted and
+    logged once and both producers answer 202 at the first attempt."""
+    producers = {"wasm-host": pipeline.wasm_url, "grpc-server": pipeline.grpc_server_metrics}
+    seen = {}
+
+    def faults(t0):
+        sleep_until(t0, 3)
+        pid = stack_pid("kafka")
+        os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            poll_until(lambda: stack_pid_or_none("kafka") != pid, 90, "the health watch restarts the frozen Kafka")
+        finally:
+            if stack_pid_or_none("kafka") == pid:
+                os.kill(pid, signal.SIGCONT)
+        seen["frozen s"] = round(time.monotonic() - frozen_at, 1)
+    record = drive(pipeline, faults, votes=3200)
+    assert set(record.statuses) <= {202, 503}, record.statuses
+    assert_exact(pipeline, record, "Kafka frozen until restarted", {"frozen s": seen.get("frozen s")})
+    pipeline.wait_ready(timeout=90)
+    rebuilt = {name: metric_sum(url, "urna_kafka_producer_rebuilds_total", 'cause="stalled"')
+               for name, url in producers.items()}
+    assert all(n >= 1 for n in rebuilt.values()), "a producer never rebuilt its stalled client: %s" % rebuilt
+    before = collections.Counter(record.statuses)
+    client = Client([pipeline.wasm_url, pipeline.grpc_url])
+    client.record = record
+    client.run(valid_votes(40, run_id()), RATE)
+    assert record.statuses - before == {202: 40}, record.statuses - before
+    assert_exact(pipeline, record, "Kafka restarted by the watch, then 40 more votes",
+                 {"stalled rebuilds": " ".join("%s %d" % kv for kv in rebuilt.items())})
+
+
 @pytest.mark.parametrize("service", ["redis", "ferretdb"])
 def test_a_sink_stopped_and_restarted(pipeline, stack, service):
     def faults(t0):
