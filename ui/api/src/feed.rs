@@ -4,9 +4,9 @@
 //! (each member stamps its batches with its own clock, so a log can arrive older than
 //! one already seen); it follows the consumer's progress record instead: per partition,
 //! the offset below which every log is already in MongoDB. Each poll reads that record
-//! and, where it moved, the logs at the offsets in `[cursor, progress)`, each by its `_id`
-//! (the one read FerretDB answers from an index, so a poll costs what is new, not what
-//! the collection holds), and broadcasts them as one chunk `from → to`. Because a partition's offsets below its
+//! and, where it moved, the logs at the offsets in `[cursor, progress)` from the
+//! consumer's small recent copy (never the log collection, which FerretDB can only scan),
+//! and broadcasts them as one chunk `from → to`. Because a partition's offsets below its
 //! progress never gain a new log later and the ranges of successive chunks touch without
 //! overlapping, no log is skipped or repeated (docs/architecture.md, "Logs stream").
 //!
@@ -219,7 +219,7 @@ pub enum Step {
 }
 
 /// Catches `mine` up to `target` from MongoDB, if that is at most [`CATCH_UP_MAX`]
-/// offsets away (decided before reading anything: each offset is one lookup).
+/// offsets away (decided before reading anything) and the recent copy still has them.
 pub async fn catch_up(
     store: &LogStore,
     mine: &Cursor,
