@@ -109,7 +109,7 @@ pub async fn fresh_topic(brokers: &str, prefix: &str, partitions: i32) -> String
     for result in results {
         result.expect("topic created");
     }
-    // Wait until the topic's metadata is visible with all partitions.
+    // Wait until the topic's metadata is visible with all partitions, each with a leader.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let brokers = brokers.to_owned();
@@ -118,9 +118,15 @@ pub async fn fresh_topic(brokers: &str, prefix: &str, partitions: i32) -> String
             consumer(&brokers)
                 .fetch_metadata(Some(&topic_name), Duration::from_secs(2))
                 .map(|m| {
-                    m.topics()
-                        .iter()
-                        .any(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
+                    // Every partition led: a client that asks for watermarks or
+                    // produces right away must not meet NotLeaderForPartition.
+                    m.topics().iter().any(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0)
+                    })
                 })
                 .unwrap_or(false)
         })

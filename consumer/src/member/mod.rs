@@ -72,7 +72,7 @@ pub async fn run(
     });
 
     let sinks = startup::connect_sinks(&settings, &shutdown).await?;
-    startup::check_state(&settings, &sinks).await?;
+    startup::check_state(&settings, &sinks, &shutdown).await?;
     health.set_sinks_connected();
     health.set_dlq_ok(true);
 

@@ -62,7 +62,11 @@ pub(super) async fn connect_sinks(
 
 /// Refuses to start when the counting state belongs to another group or topic, when
 /// counters lost their offsets, or when the offsets are past the end of the topic.
-pub(super) async fn check_state(settings: &Settings, sinks: &Sinks) -> anyhow::Result<()> {
+pub(super) async fn check_state(
+    settings: &Settings,
+    sinks: &Sinks,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let want = owner(settings);
     let redis = sinks.redis.state().await.context("reading Redis' state")?;
     let stored = sinks
@@ -78,7 +82,15 @@ pub(super) async fn check_state(settings: &Settings, sinks: &Sinks) -> anyhow::R
     let topic_end = if stored.is_empty() {
         BTreeMap::new()
     } else {
-        topic_ends(settings, stored.keys().copied().collect()).await?
+        // A partition without a leader yet (a topic just created, a broker restarting)
+        // is a wait, not a reason to refuse.
+        let partitions: Vec<i32> = stored.keys().copied().collect();
+        retry_until("Kafka's watermarks", shutdown, || async {
+            topic_ends(settings, partitions.clone())
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await?
     };
     let found = Found {
         redis_owner: redis.owner,
