@@ -4,14 +4,21 @@
 //! published again), the same key with another vote is a 422, and a key whose first
 //! request is still in flight is a 409 (docs/architecture.md, "Idempotent retries").
 //!
-//! An entry is `<prefix>:idempotency:request:<key hash>` → `pending:<fingerprint>:<token>`
-//! while its request is in flight (expiring after the request deadline, so a producer that
-//! dies mid-request does not block the key for long), then `done:<fingerprint>:<id>` for
-//! the window. A request that did not end in a 202 removes its entry: "not written" means
-//! a retry is a new request. The store holds hashes of fixed size, never the client's key.
+//! An entry is `<prefix>:idempotency:request:<key hash>`, holding the vote's [`Stamp`] (its
+//! id and acceptance time, decided here) from the first attempt on, and expiring a window
+//! after that acceptance:
+//! - `pending:<fingerprint>:<token>:<claimed ms>:<id>:<accepted µs>` while a request is in
+//!   flight; one claimed longer ago than the request deadline (its producer died) is
+//!   taken over by the next retry;
+//! - `uncertain:<fingerprint>:<id>:<accepted µs>` after a failure that may have been
+//!   written (the vote was handed to Kafka, or to the gRPC server, and no ack came);
+//! - `done:<fingerprint>:<id>` after the 202, for the window.
 //!
-//! The consumer's window ([`window_epoch`]) is the second line of defence for the one case
-//! the edge cannot see: a producer that died between Kafka's ack and its `done` write.
+//! A retry that takes over a `pending` or `uncertain` entry publishes the same record
+//! again (same id, same time, same Kafka key), so if the first one was written after all,
+//! the consumer finds both in one partition and window epoch and counts one. A request
+//! that failed before its hand-off removes its entry: a retry is a new request. The store
+//! holds hashes of fixed size, never the client's key.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +27,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, OnceCell};
 use urna_vote::{IdempotencyKey, Vote};
+
+use crate::stamp::Stamp;
 
 /// Hex of the first 16 bytes of SHA-256: what the stores keep of a client's key (and of
 /// a vote), 32 characters whatever the client sent.
@@ -60,8 +69,8 @@ pub fn window_epoch(accepted_at_micros: i64, window_secs: u64) -> i64 {
 /// What the store says about a keyed request before it is cast.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Begin {
-    /// First time (or the earlier attempt was not written): go on, then
-    /// [`IdempotencyStore::complete`] or [`IdempotencyStore::release`] the claim.
+    /// Go on with the claim's stamp, then [`IdempotencyStore::settle`] the claim: the
+    /// first attempt, or a retry taking over one that may have been written.
     New(Claim),
     /// The key was answered 202 with this id for the same vote: answer the same.
     Replay { id: String },
@@ -75,8 +84,35 @@ pub enum Begin {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Claim {
     entry: String,
-    pending: String,
+    /// `pending:<fingerprint>:<token>:`, how the entry's value starts while this request
+    /// holds it.
+    holds: String,
     fingerprint: String,
+    stamp: Stamp,
+    resumed: bool,
+}
+
+impl Claim {
+    /// The id and time to publish the vote with.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// True when an earlier attempt of this key may be on Kafka already.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+}
+
+/// How a claimed request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// 202 with this id: written.
+    Written(&'a str),
+    /// Failed before the vote was handed on: not written.
+    NotWritten,
+    /// Failed after the hand-off: Kafka may hold the record.
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,35 +136,53 @@ pub struct IdempotencyStore {
     /// When the gauges were last refreshed (at most every [`GAUGE_INTERVAL`]).
     gauges_at: Mutex<Option<Instant>>,
     begin: Script,
-    complete: Script,
-    release: Script,
+    settle: Script,
 }
 
 const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
 
+// ARGV: fingerprint, token, id, accepted µs, expire-at ms, pending ms. Entries are split
+// on ':' (hex, digits and a UUID's hyphens only). A `pending` entry without a stamp was
+// written by a producer before stamps moved here: in flight until it expires.
 const BEGIN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fp, token = ARGV[1], ARGV[2]
 local v = redis.call('GET', KEYS[1])
 if not v then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return {'new'}
+  redis.call('SET', KEYS[1], table.concat({'pending', fp, token, now, ARGV[3], ARGV[4]}, ':'),
+    'PXAT', ARGV[5])
+  return {'new', ARGV[3], ARGV[4]}
 end
-local state, fp, rest = string.match(v, '^(%a+):(%x+):(.*)$')
-if fp ~= ARGV[1] then return {'mismatch'} end
-if state == 'pending' then return {'in_flight'} end
-return {'done', rest}
+local f = {}
+for part in string.gmatch(v, '[^:]+') do f[#f + 1] = part end
+if f[2] ~= fp then return {'mismatch'} end
+if f[1] == 'done' then return {'done', f[3] or ''} end
+local id, at
+if f[1] == 'uncertain' and #f == 4 then
+  id, at = f[3], f[4]
+elseif f[1] == 'pending' and #f == 6 and now - tonumber(f[4]) >= tonumber(ARGV[6]) then
+  id, at = f[5], f[6]
+else
+  return {'in_flight'}
+end
+redis.call('SET', KEYS[1], table.concat({'pending', fp, token, now, id, at}, ':'), 'KEEPTTL')
+return {'resume', id, at}
 ";
 
-// Only the request that holds the entry moves it on: after its pending entry expired, a
-// retry may hold the key now.
-const COMPLETE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+// Only the request that holds the entry moves it on: after it was taken over, a retry
+// holds the key. ARGV: what the value starts with while held, the outcome, its value.
+const SETTLE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == 'done' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+elseif ARGV[2] == 'uncertain' then
+  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+else
+  redis.call('DEL', KEYS[1])
+end
 return 1
-";
-
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
 ";
 
 impl IdempotencyStore {
@@ -145,8 +199,7 @@ impl IdempotencyStore {
             conn: OnceCell::new(),
             gauges_at: Mutex::new(None),
             begin: Script::new(BEGIN),
-            complete: Script::new(COMPLETE),
-            release: Script::new(RELEASE),
+            settle: Script::new(SETTLE),
         }
     }
 
@@ -181,62 +234,81 @@ impl IdempotencyStore {
         Ok(conn.clone())
     }
 
-    /// Records `key` for the vote with `fingerprint`, unless it is known.
+    /// Records `key` for the vote with `fingerprint` and the `fresh` stamp, unless the
+    /// key is known.
     pub async fn begin(
         &self,
         key: &IdempotencyKey,
         fingerprint: &str,
+        fresh: Stamp,
     ) -> Result<Begin, StoreError> {
         let entry = self.entry_key(key);
-        let pending = format!("pending:{fingerprint}:{}", uuid::Uuid::now_v7().simple());
+        let token = uuid::Uuid::now_v7().simple().to_string();
+        let expire_at_ms = fresh.accepted_at_micros.div_euclid(1000)
+            + i64::try_from(millis(self.window)).unwrap_or(i64::MAX);
         let mut conn = self.conn().await?;
         let mut invocation = self.begin.prepare_invoke();
         invocation
             .key(&entry)
             .arg(fingerprint)
-            .arg(&pending)
+            .arg(&token)
+            .arg(fresh.id.hyphenated().to_string())
+            .arg(fresh.accepted_at_micros)
+            .arg(expire_at_ms)
             .arg(millis(self.pending));
         let reply: Vec<String> = self.call(invocation.invoke_async(&mut conn)).await?;
         self.refresh_gauges(conn).await;
-        let outcome = match reply.first().map(String::as_str) {
-            Some("new") => Begin::New(Claim {
-                entry,
-                pending,
+        let claim = |resumed: bool| -> Result<Begin, StoreError> {
+            let stamp = parse_stamp(reply.get(1), reply.get(2))
+                .ok_or_else(|| StoreError::Unavailable(format!("unexpected reply {reply:?}")))?;
+            Ok(Begin::New(Claim {
+                entry: entry.clone(),
+                holds: format!("pending:{fingerprint}:{token}:"),
                 fingerprint: fingerprint.to_owned(),
-            }),
-            Some("done") => Begin::Replay {
-                id: reply.get(1).cloned().unwrap_or_default(),
-            },
-            Some("mismatch") => Begin::Mismatch,
-            Some("in_flight") => Begin::InFlight,
-            _ => {
-                return Err(StoreError::Unavailable(format!(
-                    "unexpected reply {reply:?}"
-                )));
-            }
+                stamp,
+                resumed,
+            }))
         };
-        Ok(outcome)
+        match reply.first().map(String::as_str) {
+            Some("new") => claim(false),
+            Some("resume") => claim(true),
+            Some("done") => Ok(Begin::Replay {
+                id: reply.get(1).cloned().unwrap_or_default(),
+            }),
+            Some("mismatch") => Ok(Begin::Mismatch),
+            Some("in_flight") => Ok(Begin::InFlight),
+            _ => Err(StoreError::Unavailable(format!(
+                "unexpected reply {reply:?}"
+            ))),
+        }
     }
 
-    /// The claimed request got its 202 with `id`: retries for a window get the same.
-    pub async fn complete(&self, claim: &Claim, id: &str) -> Result<(), StoreError> {
+    /// Moves the claim on: a 202 replays its id for a window; an unknown outcome, or any
+    /// failure of a claim whose earlier attempt may be written, leaves the stamp for the
+    /// retry; a failure before the hand-off frees the key.
+    pub async fn settle(&self, claim: &Claim, outcome: Outcome<'_>) -> Result<(), StoreError> {
+        let stamp = claim.stamp;
+        let (state, value) = match outcome {
+            Outcome::Written(id) => ("done", format!("done:{}:{id}", claim.fingerprint)),
+            Outcome::NotWritten if !claim.resumed => ("free", String::new()),
+            Outcome::NotWritten | Outcome::Unknown => (
+                "uncertain",
+                format!(
+                    "uncertain:{}:{}:{}",
+                    claim.fingerprint,
+                    stamp.id.hyphenated(),
+                    stamp.accepted_at_micros
+                ),
+            ),
+        };
         let mut conn = self.conn().await?;
-        let mut invocation = self.complete.prepare_invoke();
+        let mut invocation = self.settle.prepare_invoke();
         invocation
             .key(&claim.entry)
-            .arg(&claim.pending)
-            .arg(format!("done:{}:{id}", claim.fingerprint))
+            .arg(&claim.holds)
+            .arg(state)
+            .arg(value)
             .arg(millis(self.window));
-        self.call::<i64>(invocation.invoke_async(&mut conn))
-            .await
-            .map(drop)
-    }
-
-    /// The claimed request was not written: a retry is a new request.
-    pub async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let mut invocation = self.release.prepare_invoke();
-        invocation.key(&claim.entry).arg(&claim.pending);
         self.call::<i64>(invocation.invoke_async(&mut conn))
             .await
             .map(drop)
@@ -279,6 +351,13 @@ impl IdempotencyStore {
             }
         }
     }
+}
+
+fn parse_stamp(id: Option<&String>, at: Option<&String>) -> Option<Stamp> {
+    Some(Stamp {
+        id: uuid::Uuid::parse_str(id?).ok()?,
+        accepted_at_micros: at?.parse().ok()?,
+    })
 }
 
 fn millis(d: Duration) -> u64 {

@@ -47,8 +47,9 @@ use urna_vote::{Ballot, IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_BODY_BYTES};
 use crate::config::ConfigError;
 use crate::deadline::Deadline;
 use crate::http_server::ConnectionLimits;
-use crate::idempotency::{Begin, Claim, IdempotencyStore, StoreError};
+use crate::idempotency::{Begin, Claim, IdempotencyStore, Outcome, StoreError};
 use crate::kafka::{KafkaSettings, PublishError};
+use crate::stamp::Stamp;
 
 /// HTTP front settings shared by both producers (flattened into their settings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,9 +180,10 @@ impl CastError {
 
 /// What turns a request body into an acknowledged vote.
 pub trait VoteBackend: Send + Sync + 'static {
-    /// Validates, stamps and publishes one vote body (at most 16 KiB, JSON content type).
-    /// `key` is the client's `Idempotency-Key`: it goes into the record (and keys the
-    /// Kafka record, so a retry lands on the partition of the first attempt).
+    /// Validates and publishes one vote body (at most 16 KiB, JSON content type) with
+    /// `stamp`'s id and acceptance time. `key` is the client's `Idempotency-Key`: it goes
+    /// into the record (and keys the Kafka record, so a retry lands on the partition of
+    /// the first attempt); a retry of an unknown outcome comes with the first's stamp.
     ///
     /// `deadline` is the request's: the router stops waiting for `cast` when it passes,
     /// *unless* the vote was handed on ([`Deadline::hand_off`], which
@@ -192,6 +194,7 @@ pub trait VoteBackend: Send + Sync + 'static {
         &self,
         body: Bytes,
         key: Option<IdempotencyKey>,
+        stamp: Stamp,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Accepted, CastError>> + Send;
     /// Whether the backend can accept votes now (Kafka reachable, next hop up); `Err`
@@ -364,9 +367,13 @@ async fn handle_vote<B: VoteBackend>(
         None => None,
         Some((key, vote)) => {
             let fingerprint = crate::idempotency::fingerprint(&vote);
-            match state.idempotency.begin(key, &fingerprint).await {
+            match state
+                .idempotency
+                .begin(key, &fingerprint, Stamp::now())
+                .await
+            {
                 Ok(Begin::New(claim)) => {
-                    idempotency_outcome("new");
+                    idempotency_outcome(if claim.resumed() { "resumed" } else { "new" });
                     Some(claim)
                 }
                 Ok(Begin::Replay { id }) => {
@@ -414,9 +421,11 @@ async fn handle_vote<B: VoteBackend>(
             }
         }
     };
-    let result = cast_within_deadline(state, body, key).await;
+    let stamp = claim.as_ref().map_or_else(Stamp::now, Claim::stamp);
+    let deadline = Deadline::after(Duration::from_millis(state.settings.request_timeout_ms));
+    let result = cast_within_deadline(state, body, key, stamp, &deadline).await;
     if let Some(claim) = claim {
-        settle(&state.idempotency, &claim, &result).await;
+        settle(&state.idempotency, &claim, &result, &deadline).await;
     }
     match result {
         Ok(accepted_vote) => accepted(&accepted_vote.id),
@@ -434,9 +443,10 @@ async fn cast_within_deadline<B: VoteBackend>(
     state: &AppState<B>,
     body: Bytes,
     key: Option<IdempotencyKey>,
+    stamp: Stamp,
+    deadline: &Deadline,
 ) -> Result<Accepted, CastError> {
-    let deadline = Deadline::after(Duration::from_millis(state.settings.request_timeout_ms));
-    let cast = state.backend.cast(body, key, deadline.clone());
+    let cast = state.backend.cast(body, key, stamp, deadline.clone());
     tokio::pin!(cast);
     let until = deadline.at().map(tokio::time::sleep_until);
     match until {
@@ -460,17 +470,24 @@ async fn cast_within_deadline<B: VoteBackend>(
     }
 }
 
-/// A written vote's key replays its id; an unwritten one's key is free for a retry. If
-/// Redis fails here, the entry expires after the request deadline: a retry is then
-/// published again and the consumer's window counts it once.
-async fn settle(store: &IdempotencyStore, claim: &Claim, result: &Result<Accepted, CastError>) {
-    let settled = match result {
-        Ok(accepted) => store.complete(claim, &accepted.id).await,
-        Err(_) => store.release(claim).await,
+/// A written vote's key replays its id; an unwritten one's key is free for a retry; one
+/// that may be written keeps its stamp for the retry. If Redis fails here, the pending
+/// entry is taken over by a retry after the request deadline, with the same stamp.
+async fn settle(
+    store: &IdempotencyStore,
+    claim: &Claim,
+    result: &Result<Accepted, CastError>,
+    deadline: &Deadline,
+) {
+    let outcome = match result {
+        Ok(accepted) => Outcome::Written(&accepted.id),
+        // Handed to Kafka or to the gRPC server: only an ack would have told.
+        Err(_) if deadline.is_handed_off() => Outcome::Unknown,
+        Err(_) => Outcome::NotWritten,
     };
-    if let Err(e) = settled {
+    if let Err(e) = store.settle(claim, outcome).await {
         idempotency_outcome("unsettled");
-        tracing::warn!(error = %e, written = result.is_ok(), "idempotency entry not settled");
+        tracing::warn!(error = %e, ?outcome, "idempotency entry not settled");
     }
 }
 

@@ -28,6 +28,7 @@ impl VoteBackend for AcceptAll {
         &self,
         _body: Bytes,
         _key: Option<IdempotencyKey>,
+        _stamp: urna_common::stamp::Stamp,
         _deadline: Deadline,
     ) -> Result<Accepted, CastError> {
         Ok(Accepted {

@@ -5,23 +5,27 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use urna_common::deadline::Deadline;
 use urna_common::producer_http::{Accepted, CastError, HttpSettings, VoteBackend};
+use urna_common::stamp::Stamp;
 use urna_testkit::stack;
 use urna_vote::IdempotencyKey;
 
-/// Accepts every vote with a fresh id once a permit is free (tests hold the permits to
-/// keep a request in flight); `fail` answers "not written" instead.
+/// Accepts every vote with the stamp the edge gave it once a permit is free (tests hold
+/// the permits to keep a request in flight); `fail` answers 503 instead, and `hands_off`
+/// says whether the vote was handed on first (so the 503 may have been written).
 #[derive(Clone)]
 struct Backend {
     casts: Arc<AtomicUsize>,
+    stamps: Arc<Mutex<Vec<Stamp>>>,
     gate: Arc<Semaphore>,
+    hands_off: bool,
     fail: bool,
 }
 
@@ -29,9 +33,15 @@ impl Backend {
     fn new() -> Backend {
         Backend {
             casts: Arc::default(),
+            stamps: Arc::default(),
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            hands_off: false,
             fail: false,
         }
+    }
+
+    fn stamps(&self) -> Vec<Stamp> {
+        self.stamps.lock().unwrap().clone()
     }
 }
 
@@ -40,15 +50,20 @@ impl VoteBackend for Backend {
         &self,
         _body: Bytes,
         _key: Option<IdempotencyKey>,
-        _deadline: Deadline,
+        stamp: Stamp,
+        deadline: Deadline,
     ) -> Result<Accepted, CastError> {
+        self.stamps.lock().unwrap().push(stamp);
+        if self.hands_off {
+            deadline.hand_off();
+        }
         let _permit = self.gate.acquire().await.unwrap();
         self.casts.fetch_add(1, Ordering::SeqCst);
         if self.fail {
             return Err(CastError::Unavailable("Kafka is away".to_owned()));
         }
         Ok(Accepted {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: stamp.id.hyphenated().to_string(),
         })
     }
 
@@ -304,4 +319,125 @@ async fn at_maxmemory_a_keyed_vote_is_503_and_nothing_is_written() {
     server.kill().unwrap();
     server.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+async fn entry_value(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> String {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:idempotency:request:*"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// The first attempt was handed on and no ack came (the broker may have written it): the
+/// entry keeps its stamp, every retry publishes that same record again, on either
+/// producer, and the 202 is the first attempt's id. Before, the 503 freed the key and the
+/// retry was a new record (new id, new time) that the consumer could count a second time
+/// when the two fell into different window epochs.
+#[tokio::test]
+async fn a_retry_after_an_unknown_outcome_publishes_the_first_attempts_record_again() {
+    stack::require("Redis", &stack::redis_url());
+    let prefix = prefix();
+    let unknown = Backend {
+        hands_off: true,
+        fail: true,
+        ..Backend::new()
+    };
+    let refusing = Backend {
+        fail: true,
+        ..Backend::new()
+    };
+    let accepting = Backend::new();
+    let a = support::start(unknown.clone(), settings(&prefix, &stack::redis_url())).await;
+    let b = support::start(refusing.clone(), settings(&prefix, &stack::redis_url())).await;
+    let c = support::start(accepting.clone(), settings(&prefix, &stack::redis_url())).await;
+    let client = redis::Client::open(stack::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+
+    assert_eq!(post(&a.base, "k6", support::VOTE).await.0, 503);
+    let first = unknown.stamps()[0];
+    let uncertain = format!(
+        "uncertain:{}:{}",
+        first.id.hyphenated(),
+        first.accepted_at_micros
+    );
+    let value = entry_value(&mut conn, &prefix).await;
+    assert!(
+        value.starts_with("uncertain:") && value.ends_with(&uncertain[10..]),
+        "{value}"
+    );
+    // Unknown again, then refused before any hand-off: either way the first attempt may
+    // still be on Kafka, so the stamp stays.
+    assert_eq!(post(&a.base, "k6", support::VOTE).await.0, 503);
+    assert_eq!(post(&b.base, "k6", support::VOTE).await.0, 503);
+    assert_eq!(entry_value(&mut conn, &prefix).await, value);
+    let (status, body, _) = post(&c.base, "k6", support::VOTE).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["id"], first.id.hyphenated().to_string());
+    assert_eq!(unknown.stamps(), vec![first, first]);
+    assert_eq!(refusing.stamps(), vec![first]);
+    assert_eq!(accepting.stamps(), vec![first]);
+    // And from then on the first answer, cast no more.
+    let (status, again, headers) = post(&a.base, "k6", support::VOTE).await;
+    assert_eq!((status, &again), (202, &body));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(unknown.casts.load(Ordering::SeqCst), 2);
+}
+
+/// A producer that took a keyed vote, handed it on and never settled it (it died, or
+/// Redis failed at the end): retries are 409 for the pending lifetime (request deadline
+/// + 5 s), then one takes the entry over and publishes the first attempt's record again.
+#[tokio::test]
+async fn a_pending_entry_left_by_a_dead_request_is_taken_over_with_its_stamp() {
+    stack::require("Redis", &stack::redis_url());
+    let prefix = prefix();
+    let stuck = Backend {
+        hands_off: true,
+        gate: Arc::new(Semaphore::new(0)),
+        ..Backend::new()
+    };
+    let short = HttpSettings {
+        request_timeout_ms: 500,
+        ..settings(&prefix, &stack::redis_url())
+    };
+    let a = support::start(stuck.clone(), short.clone()).await;
+    let accepting = Backend::new();
+    let b = support::start(accepting.clone(), short).await;
+    let base = a.base.clone();
+    let never = tokio::spawn(async move { post(&base, "k7", support::VOTE).await });
+    let claimed = std::time::Instant::now();
+    urna_testkit::poll::eventually(
+        "the stuck request's stamp",
+        std::time::Duration::from_secs(5),
+        || {
+            let stuck = stuck.clone();
+            async move { !stuck.stamps().is_empty() }
+        },
+    )
+    .await;
+    let first = stuck.stamps()[0];
+    assert_eq!(post(&b.base, "k7", support::VOTE).await.0, 409);
+    let taken_over = urna_testkit::poll::eventually_some(
+        "a retry takes the entry over",
+        std::time::Duration::from_secs(15),
+        || {
+            let base = b.base.clone();
+            async move {
+                let (status, body, _) = post(&base, "k7", support::VOTE).await;
+                (status != 409).then_some((status, body))
+            }
+        },
+    )
+    .await;
+    assert!(claimed.elapsed() >= std::time::Duration::from_millis(5_500));
+    assert_eq!(taken_over.0, 202, "{}", taken_over.1);
+    assert_eq!(taken_over.1["id"], first.id.hyphenated().to_string());
+    assert_eq!(accepting.stamps(), vec![first]);
+    never.abort();
 }

@@ -29,6 +29,7 @@ impl VoteBackend for Publish {
         &self,
         body: Bytes,
         _key: Option<IdempotencyKey>,
+        _stamp: urna_common::stamp::Stamp,
         deadline: Deadline,
     ) -> Result<Accepted, CastError> {
         tokio::time::sleep(self.before_publish).await;

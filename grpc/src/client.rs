@@ -22,6 +22,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use urna_common::deadline::Deadline;
 use urna_common::producer_http::{self, Accepted, CastError, VoteBackend};
+use urna_common::stamp::Stamp;
 use urna_common::telemetry;
 use urna_vote::IdempotencyKey;
 
@@ -67,10 +68,13 @@ impl GrpcBackend {
         &self,
         body: Bytes,
         key: Option<IdempotencyKey>,
+        stamp: Stamp,
     ) -> Result<CastResponse, tonic::Status> {
         let mut request = Request::new(CastRequest {
             input: Some(Input::VoteJson(body)),
             idempotency_key: key.map(IdempotencyKey::into_string).unwrap_or_default(),
+            id: stamp.id.hyphenated().to_string(),
+            accepted_at_micros: stamp.accepted_at_micros,
         });
         request.set_timeout(self.deadline);
         let started = Instant::now();
@@ -90,6 +94,7 @@ impl VoteBackend for GrpcBackend {
         &self,
         body: Bytes,
         key: Option<IdempotencyKey>,
+        stamp: Stamp,
         deadline: Deadline,
     ) -> Result<Accepted, CastError> {
         if !deadline.allows(self.deadline) {
@@ -99,7 +104,7 @@ impl VoteBackend for GrpcBackend {
         }
         // The server decides now, within the call deadline: wait for its answer.
         deadline.hand_off();
-        match self.cast_raw(body, key).await {
+        match self.cast_raw(body, key, stamp).await {
             Ok(response) => Ok(Accepted { id: response.id }),
             Err(s) => Err(status::cast_error(&s)),
         }

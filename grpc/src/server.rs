@@ -25,7 +25,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
-use urna_common::{stamp, telemetry};
+use urna_common::stamp::Stamp;
+use urna_common::telemetry;
 use urna_vote::{Ballot, IdempotencyKey, Source};
 
 use crate::pb::cast_request::Input;
@@ -73,7 +74,10 @@ impl Votes {
         let CastRequest {
             input,
             idempotency_key,
+            id,
+            accepted_at_micros,
         } = request;
+        let stamp = given_stamp(&id, accepted_at_micros)?;
         // Checked like the HTTP edge checks it: this server may have other clients.
         let key = if idempotency_key.is_empty() {
             None
@@ -98,9 +102,9 @@ impl Votes {
         let judged = urna_vote::handle(
             &body,
             &self.inner.ballot,
-            stamp::new_vote_id(),
+            stamp.id,
             Source::Grpc,
-            stamp::now_micros(),
+            stamp.accepted_at_micros,
         );
         metrics::histogram!("urna_vote_logic_duration_seconds", "producer" => "grpc",
             "outcome" => if judged.is_ok() { "accepted" } else { "rejected" })
@@ -151,6 +155,23 @@ impl Votes {
             seq,
             outcome: Some(outcome),
         }
+    }
+}
+
+/// The stamp the HTTP front decided, or a new one when the call brings none.
+fn given_stamp(id: &str, accepted_at_micros: i64) -> Result<Stamp, Status> {
+    match (id.is_empty(), accepted_at_micros) {
+        (true, 0) => Ok(Stamp::now()),
+        (false, at) if at > 0 => match uuid::Uuid::parse_str(id) {
+            Ok(id) => Ok(Stamp {
+                id,
+                accepted_at_micros: at,
+            }),
+            Err(_) => Err(Status::invalid_argument("id is not a UUID")),
+        },
+        _ => Err(Status::invalid_argument(
+            "id and accepted_at_micros come together, accepted_at_micros > 0",
+        )),
     }
 }
 
@@ -364,6 +385,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_stamp_is_kept_and_a_half_one_refused() {
+        let id = "0192f5a0-0000-7000-8000-000000000001";
+        let kept = given_stamp(id, 5).expect("a whole stamp");
+        assert_eq!(
+            (kept.id.to_string().as_str(), kept.accepted_at_micros),
+            (id, 5)
+        );
+        assert!(given_stamp("", 0).is_ok_and(|s| s.accepted_at_micros > 0));
+        for (id, at) in [(id, 0), ("", 5), ("not-a-uuid", 5), (id, -1)] {
+            let refused = given_stamp(id, at).expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{id} {at}");
+        }
+    }
 
     #[test]
     fn grpc_timeout_is_read_in_every_unit() {

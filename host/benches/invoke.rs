@@ -205,7 +205,7 @@ fn main() {
                 for (s, backend) in samples.iter_mut().zip(&backends) {
                     let body = bytes::Bytes::from(votes[i % votes.len()].clone());
                     let started = Instant::now();
-                    let decision = backend.decide(body).await;
+                    let decision = backend.decide(body, urna_common::stamp::Stamp::now()).await;
                     let elapsed = started.elapsed();
                     assert!(matches!(
                         decision,

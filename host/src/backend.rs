@@ -38,6 +38,7 @@ use tokio::sync::Semaphore;
 use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
 use urna_common::producer_http::{Accepted, CastError, VoteBackend};
+use urna_common::stamp::Stamp;
 use urna_vote::IdempotencyKey;
 
 use crate::module_health::ModuleHealth;
@@ -117,7 +118,7 @@ impl WasmBackend {
 
     /// Runs the module on one body in a fresh instance (no Kafka): the Wasm half of
     /// `cast`, also used by the benchmark.
-    pub async fn decide(&self, body: Bytes) -> Result<Decision, CastError> {
+    pub async fn decide(&self, body: Bytes, stamp: Stamp) -> Result<Decision, CastError> {
         let queued = Instant::now();
         let permit =
             match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
@@ -138,8 +139,10 @@ impl WasmBackend {
         let deployed = self.modules.current();
         let generation = deployed.generation;
         let runtime = self.modules.runtime_name();
-        let id = urna_common::stamp::new_vote_id();
-        let at = urna_common::stamp::now_micros();
+        let Stamp {
+            id,
+            accepted_at_micros: at,
+        } = stamp;
         let invoke = move || {
             let _permit = permit;
             metrics::histogram!("urna_wasm_queue_duration_seconds")
@@ -216,9 +219,10 @@ impl VoteBackend for WasmBackend {
         &self,
         body: Bytes,
         key: Option<IdempotencyKey>,
+        stamp: Stamp,
         deadline: Deadline,
     ) -> Result<Accepted, CastError> {
-        match self.decide(body).await? {
+        match self.decide(body, stamp).await? {
             Decision::Reject { status, body } => Err(CastError::Rejected { status, body }),
             Decision::Accept {
                 id,
