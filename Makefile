@@ -10,7 +10,7 @@ SAMPLE_VOTES := locust/data/sample-votes.jsonl
 # cargo-machete (unused dependencies), installed by scripts/bootstrap.sh
 MACHETE := .cache/cargo-tools/bin/cargo-machete
 
-.PHONY: up down test e2e chaos bootstrap modules build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
+.PHONY: up down test e2e chaos bootstrap modules go-ballot build lint fmt stack-up stack-down stack-status clean demo-module bench compare images push chart-check
 
 ## up: install what is missing, build, start the stack and every service, run Locust
 ##     against both producers, check the counts, show where to look; Ctrl-C stops it all
@@ -42,20 +42,30 @@ chaos: bootstrap modules
 bootstrap:
 	scripts/bootstrap.sh
 
-## modules: the vote modules for wasm32-wasip1 (vote.wasm command, vote_module.wasm reactor)
-modules:
+## modules: the vote modules for wasm32-wasip1 (vote.wasm command, vote_module.wasm reactor,
+##          vote_go.wasm: the same ABI in Go, against the ballot the Rust crate writes out)
+modules: go-ballot
 	$(CARGO) build -p vote-module --target $(WASM_TARGET) --profile wasm
-	@ls -l $(MODULE_DIR)/vote.wasm $(MODULE_DIR)/vote_module.wasm
+	cd wasm-modules/vote-go && GOOS=wasip1 GOARCH=wasm go build -trimpath -buildmode=c-shared \
+	  -o ../../$(MODULE_DIR)/vote_go.wasm .
+	@ls -l $(MODULE_DIR)/vote.wasm $(MODULE_DIR)/vote_module.wasm $(MODULE_DIR)/vote_go.wasm
 
 build:
 	$(CARGO) build --workspace
 
-## lint: formatting, clippy -D warnings, and no unused dependencies (cargo machete)
-lint:
+# The Go module's ballot, written by the Rust crate (ignored by git: never stale).
+go-ballot:
+	$(CARGO) run -q -p urna-vote --example ballot_go > wasm-modules/vote-go/ballot_gen.go
+
+## lint: formatting, clippy -D warnings, no unused dependencies (cargo machete); gofmt and
+##       go vet for the Go module
+lint: go-ballot
 	@test -x $(MACHETE) || scripts/bootstrap.sh
 	$(MACHETE) --skip-target-dir
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	test -z "$$(gofmt -l wasm-modules/vote-go)" || { gofmt -l wasm-modules/vote-go; exit 1; }
+	cd wasm-modules/vote-go && GOOS=wasip1 GOARCH=wasm go vet .
 	$(CARGO) clippy -p vote-module --target $(WASM_TARGET) -- -D warnings
 
 fmt:

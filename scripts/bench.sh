@@ -18,7 +18,7 @@ fi
 python3 -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 cargo build -q --release -p urna-host -p urna-grpc -p urna-consumer -p urna-ui-api -p urna-bench
 cargo build -q --release -p urna-consumer --example throughput
-cargo build -q -p vote-module --target wasm32-wasip1 --profile wasm
+make -s modules >/dev/null  # the Rust and the Go vote modules
 
 started_stack=0
 if ! stack/status.sh --quiet; then

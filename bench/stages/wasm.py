@@ -54,6 +54,11 @@ def run(ctx: Ctx) -> Result:
             spread(col("wasm total [after]"), "{:.1f}"), spread(native, "{:.2f}"),
             ratio(median(col("wasm total [after]")), median(native)),
             "urna / native; old settings: %.1f µs" % median(col("wasm total [before]"))),
+        Row("Wasm vote per call, p50 µs: the Go module (`go total`) vs the Rust module (`rust total`)",
+            spread(col("go total"), "{:.1f}"), spread(col("rust total"), "{:.1f}"),
+            ratio(median(col("go total")), median(col("rust total"))),
+            "Go / Rust, fresh instance each, interleaved; Go instantiate (runtime init) %.1f µs"
+            % median(col("go instantiate"))),
     ]
     md = "\n".join([
         "## The vote logic per vote: native vs a fresh Wasm instance",
@@ -66,7 +71,9 @@ def run(ctx: Ctx) -> Result:
         "line twice, interleaved vote by vote: `[before]` = the host's old settings (no pool memory",
         "kept resident: each slot reset by `madvise` and faulted in again; `spawn_blocking`",
         "hand-off), `[after]` = its defaults (1 MiB kept resident, reset in place via",
-        "`PAGEMAP_SCAN`; `block_in_place`). host/README.md explains both. The last run:",
+        "`PAGEMAP_SCAN`; `block_in_place`). host/README.md explains both. `go *` is a fresh",
+        "instance of the Go module (`vote_go.wasm`, the same ABI built with GOOS=wasip1),",
+        "interleaved vote by vote with `rust total` under the same limits. The last run:",
         "",
         "```text",
         invoke_runs[-1].strip(),

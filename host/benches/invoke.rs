@@ -16,6 +16,10 @@
 //! `spawn_blocking` hand-off) and `[after]` with the host's defaults
 //! (`URNA_WASM_KEEP_RESIDENT_KB` with `PAGEMAP_SCAN`; `block_in_place`).
 //!
+//! `go instantiate` / `go run` / `go total` are the same fresh instance of the Go module
+//! (`vote_go.wasm`, wasm-modules/vote-go) with the host's defaults, interleaved vote by
+//! vote with `rust total` of `vote_module.wasm` under the same limits.
+//!
 //! `cargo bench -p urna-host --bench invoke` (needs `make modules`). Prints
 //! percentiles; asserts nothing. `URNA_BENCH_ITERS` sets the sample size.
 
@@ -167,6 +171,40 @@ fn main() {
         }
     }
 
+    // The Go module against the Rust one, same limits (the host's defaults), taking turns.
+    let go_path = module_path().with_file_name("vote_go.wasm");
+    let go_bytes = std::fs::read(&go_path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", go_path.display()));
+    let go_rt = runtime::by_name(&runtime_name, after_limits, RunMode::Auto).unwrap();
+    let go_compile = Instant::now();
+    let go = go_rt.load(&go_bytes).unwrap();
+    println!(
+        "go module={} ({} bytes) compile+ABI check {:?}",
+        go_path.display(),
+        go_bytes.len(),
+        go_compile.elapsed()
+    );
+    let (mut go_inst, mut go_run, mut go_total, mut rust_total) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let go_iters = iters.min(5_000);
+    for i in 0..go_iters + 200 {
+        let body = &votes[i % votes.len()];
+        let started = Instant::now();
+        let invocation = go.invoke(body, uuid::Uuid::now_v7(), 1);
+        let elapsed = started.elapsed();
+        assert!(invocation.result.is_ok());
+        let started = Instant::now();
+        let rust = modules[1].0.invoke(body, uuid::Uuid::now_v7(), 1);
+        let rust_elapsed = started.elapsed();
+        assert!(rust.result.is_ok());
+        if i >= 200 {
+            go_inst.push(invocation.instantiate);
+            go_run.push(invocation.run);
+            go_total.push(elapsed);
+            rust_total.push(rust_elapsed);
+        }
+    }
+
     // Through the backend, from a task on a tokio worker (as a request in the host).
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -240,6 +278,10 @@ fn main() {
         Stats(v.decide).report(&format!("backend decide {name}"));
     }
     Stats(healthz).report("healthz (looping)");
+    Stats(rust_total).report("rust total");
+    Stats(go_inst).report("go instantiate");
+    Stats(go_run).report("go run");
+    Stats(go_total).report("go total");
 }
 
 /// A module whose every vote loops until stopped.

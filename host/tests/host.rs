@@ -65,6 +65,73 @@ fn wasm_answers_exactly_like_the_native_logic() {
     }
 }
 
+/// The Go module (wasm-modules/vote-go) judges every sample and every bad input class
+/// as the Rust logic does: the same record byte for byte, the same status, field and
+/// message (except where the message quotes serde_json).
+#[test]
+fn the_go_module_judges_like_the_native_logic() {
+    let ballot = urna_vote::Ballot::builtin();
+    let mut bodies: Vec<Vec<u8>> = urna_testkit::contract::sample_votes()
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    bodies.extend(
+        urna_testkit::contract::bad_cases()
+            .into_iter()
+            .map(|c| c.body),
+    );
+    bodies.extend(
+        [
+            r#"{"name":"  bohemia SUBURBANA","album":"sombras en el jardín ","year":"1993","rank":"+7"}"#,
+            r#"{"name":"Alux Nahual","name":"Alux Nahual","album":"Conquista","year":1982,"rank":4}"#,
+            r#"{"name":"Alux Nahual","album":"Conquista","year":1982.0,"rank":4}"#,
+            r#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4,"b":[{"x":null}],"a":1}"#,
+            r#"{"name":"Alux \u004eahual","album":"Conquista","year":1982,"rank":4} "#,
+            r#"{"name":"\ud800","album":"Conquista","year":1982,"rank":4}"#,
+            r#"{"name":"Alux Nahual","album":"Conquista","year":1982,"rank":4} x"#,
+            r#"{"name":"Alux Nahual","album":"Conquista","year":99999999999999999999,"rank":4}"#,
+            "",
+            "null",
+        ]
+        .map(|b| b.as_bytes().to_vec()),
+    );
+    bodies.push(format!("{}{}", "[".repeat(200), "]".repeat(200)).into_bytes());
+    let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
+    bodies.push(format!(r#"{{"name":"Alux Nahual","x":{deep}}}"#).into_bytes());
+    for rt in runtimes() {
+        let module = rt.load(&go_module()).expect("the Go module loads");
+        for body in &bodies {
+            let shown = String::from_utf8_lossy(body);
+            let id = uuid::Uuid::now_v7();
+            let invocation = module.invoke(body, id, 42);
+            let got = decode_output(invocation.result.expect("invocation"), id, 42)
+                .unwrap_or_else(|e| panic!("{}: {shown}: {e}", rt.name()));
+            match (urna_vote::handle(body, &ballot, id, Source::Wasm, 42), got) {
+                (Ok(record), ModuleOutput::Accepted(got, payload)) => {
+                    assert_eq!(got, record, "{}: {shown}", rt.name());
+                    assert_eq!(payload, prost::Message::encode_to_vec(&record), "{shown}");
+                }
+                (Err(e), ModuleOutput::Rejected { status, body }) => {
+                    let body: serde_json::Value = serde_json::from_slice(&body)
+                        .unwrap_or_else(|err| panic!("{shown}: not JSON: {err}"));
+                    assert_eq!(status, e.status(), "{}: {shown}: {body}", rt.name());
+                    assert_eq!(body["field"].as_str(), e.field(), "{shown}: {body}");
+                    assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()));
+                    // serde_json's own words for a syntax error, and its float display
+                    // of a number that is not an i64 (1e+20), are not the contract.
+                    let message = e.to_string();
+                    let quoted_number = message.contains("holding one, got ")
+                        && message.ends_with(|c: char| c.is_ascii_digit());
+                    if !message.starts_with("body is not valid JSON") && !quoted_number {
+                        assert_eq!(body["error"], message, "{shown}");
+                    }
+                }
+                (native, got) => panic!("{}: {shown}: native {native:?}, Go {got:?}", rt.name()),
+            }
+        }
+    }
+}
+
 #[test]
 fn every_invocation_gets_a_fresh_instance() {
     for rt in runtimes() {
@@ -213,17 +280,7 @@ fn modules_importing_more_than_the_allowed_wasi_are_refused() {
         ))
         .unwrap()
     };
-    // Sleeps 10 s inside poll_oneoff: one subscription to the monotonic clock.
-    let poll_sleep = importing(
-        r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))"#,
-        r#"(i64.store (i32.const 0) (i64.const 1))
-           (i32.store8 (i32.const 8) (i32.const 0))
-           (i32.store (i32.const 16) (i32.const 1))
-           (i64.store (i32.const 24) (i64.const 10000000000))
-           (drop (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)))"#,
-    );
     let mut cases: Vec<(String, Vec<u8>)> = vec![
-        ("wasi_snapshot_preview1::poll_oneoff".into(), poll_sleep),
         (
             "env::now".into(),
             importing(r#"(import "env" "now" (func (result i64)))"#, ""),
@@ -280,7 +337,11 @@ fn modules_importing_more_than_the_allowed_wasi_are_refused() {
                (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
                (import "wasi_snapshot_preview1" "environ_get" (func $env (param i32 i32) (result i32)))
                (import "wasi_snapshot_preview1" "environ_sizes_get" (func $envsz (param i32 i32) (result i32)))
-               (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))"#,
+               (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+               (import "wasi_snapshot_preview1" "args_get" (func $args (param i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "args_sizes_get" (func $argsz (param i32 i32) (result i32)))
+               (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+               (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))"#,
             r#"(if (call $random (i32.const 0) (i32.const 64)) (then unreachable))
                (if (call $time (i32.const 1) (i64.const 0) (i32.const 64)) (then unreachable))
                (if (call $res (i32.const 0) (i32.const 72)) (then unreachable))
@@ -289,7 +350,19 @@ fn modules_importing_more_than_the_allowed_wasi_are_refused() {
                (if (call $env (i32.const 88) (i32.const 92)) (then unreachable))
                (if (i32.load (i32.const 80)) (then unreachable))
                ;; a clock read past the end of memory is EFAULT (21), not a host crash
-               (if (i32.ne (call $time (i32.const 0) (i64.const 0) (i32.const 65532)) (i32.const 21)) (then unreachable))"#,
+               (if (i32.ne (call $time (i32.const 0) (i64.const 0) (i32.const 65532)) (i32.const 21)) (then unreachable))
+               (if (call $argsz (i32.const 96) (i32.const 100)) (then unreachable))
+               (if (call $args (i32.const 104) (i32.const 108)) (then unreachable))
+               (if (call $yield) (then unreachable))
+               ;; a 10-s sleep on the monotonic clock answers at once (the invocation's
+               ;; wall limit is far shorter), as one elapsed event
+               (i64.store (i32.const 256) (i64.const 1))
+               (i32.store8 (i32.const 264) (i32.const 0))
+               (i32.store (i32.const 272) (i32.const 1))
+               (i64.store (i32.const 280) (i64.const 10000000000))
+               (if (call $poll (i32.const 256) (i32.const 320) (i32.const 1) (i32.const 360)) (then unreachable))
+               (if (i32.ne (i32.load (i32.const 360)) (i32.const 1)) (then unreachable))
+               (if (i32.load16_u (i32.const 328)) (then unreachable))"#,
         );
         let module = rt.load(&all).expect("the allowed WASI subset links");
         let id = uuid::Uuid::now_v7();
@@ -388,6 +461,15 @@ fn modules_that_do_not_fit_the_abi_are_refused() {
 
 // ---------------------------------------------------------------------------
 // The host over HTTP, against Kafka.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_contract_suite_passes_with_the_go_module() {
+    let brokers = brokers();
+    let topic = urna_testkit::kafka::fresh_topic(&brokers, "host-contract-go", 6).await;
+    let host = TestHost::start(&go_module(), &brokers, &topic).await;
+    host.wait_ready(200).await;
+    urna_testkit::contract::run(&host.base, &brokers, &topic, Source::Wasm).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_contract_suite_passes() {

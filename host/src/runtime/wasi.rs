@@ -16,6 +16,12 @@
 //!   (kept for the error message, never the host's stdio), the environment is empty, and
 //!   `proc_exit` ends the invocation as a failure of the module.
 //!
+//! - `args_get`, `args_sizes_get`, `sched_yield`, `poll_oneoff`: Go's `wasip1` runtime
+//!   imports them into every module (the Go vote module, `wasm-modules/vote-go`). No
+//!   arguments; a yield returns at once; and `poll_oneoff` never waits: a clock
+//!   subscription is answered as already elapsed and a descriptor one with `EBADF`, so
+//!   a guest's "sleep" returns at once and a loop around it burns its own CPU budget.
+//!
 //! Every function checks its pointers against the memory it was given and answers
 //! `EFAULT` instead of touching anything outside it; none blocks, loops over guest
 //! data without a bound, or allocates more than [`OUTPUT_CAPACITY`].
@@ -46,6 +52,14 @@ pub const ALLOWED_IMPORTS: &[(&str, &[Ty], &[Ty])] = &[
     ("environ_get", &[Ty::I32, Ty::I32], &[Ty::I32]),
     ("environ_sizes_get", &[Ty::I32, Ty::I32], &[Ty::I32]),
     ("proc_exit", &[Ty::I32], &[]),
+    ("args_get", &[Ty::I32, Ty::I32], &[Ty::I32]),
+    ("args_sizes_get", &[Ty::I32, Ty::I32], &[Ty::I32]),
+    ("sched_yield", &[], &[Ty::I32]),
+    (
+        "poll_oneoff",
+        &[Ty::I32, Ty::I32, Ty::I32, Ty::I32],
+        &[Ty::I32],
+    ),
 ];
 
 /// What stdout and stderr of one invocation may hold (the rest is dropped, not refused:
@@ -167,6 +181,62 @@ pub fn environ_get(_mem: &mut [u8], _environ: i32, _buf: i32) -> i32 {
     errno::SUCCESS
 }
 
+/// `args_sizes_get(argc, buf_size) -> errno`: no arguments.
+pub fn args_sizes_get(mem: &mut [u8], argc: i32, buf_size: i32) -> i32 {
+    environ_sizes_get(mem, argc, buf_size)
+}
+
+/// `args_get(argv, buf) -> errno`: nothing to write for no arguments.
+pub fn args_get(_mem: &mut [u8], _argv: i32, _buf: i32) -> i32 {
+    errno::SUCCESS
+}
+
+/// `sched_yield() -> errno`: one thread per instance, nothing to yield to.
+pub fn sched_yield() -> i32 {
+    errno::SUCCESS
+}
+
+const SUBSCRIPTION_BYTES: u32 = 48;
+const EVENT_BYTES: u32 = 32;
+
+/// `poll_oneoff(in, out, nsubscriptions, nevents) -> errno`, without waiting: every
+/// subscription gets its event now, a clock's as elapsed, a descriptor's (there are
+/// none to read, and writes never block) as `EBADF`. Bounded by what fits in memory.
+pub fn poll_oneoff(mem: &mut [u8], subs: i32, events: i32, count: i32, nevents: i32) -> i32 {
+    errno_of((|| {
+        let count = count as u32;
+        if count == 0 {
+            return Err(errno::INVAL);
+        }
+        let in_bytes = count.checked_mul(SUBSCRIPTION_BYTES).ok_or(errno::FAULT)?;
+        let out_bytes = count.checked_mul(EVENT_BYTES).ok_or(errno::FAULT)?;
+        slice(mem, subs, in_bytes).ok_or(errno::FAULT)?;
+        slice(mem, events, out_bytes).ok_or(errno::FAULT)?;
+        for i in 0..count {
+            let sub = subs.wrapping_add((i * SUBSCRIPTION_BYTES) as i32);
+            let mut userdata = [0u8; 8];
+            userdata.copy_from_slice(slice(mem, sub, 8).ok_or(errno::FAULT)?);
+            let tag = slice(mem, sub.wrapping_add(8), 1).ok_or(errno::FAULT)?[0];
+            let error: u16 = match tag {
+                0 => 0,
+                1 | 2 => errno::BADF as u16,
+                _ => return Err(errno::INVAL),
+            };
+            let event = slice_mut(
+                mem,
+                events.wrapping_add((i * EVENT_BYTES) as i32),
+                EVENT_BYTES,
+            )
+            .ok_or(errno::FAULT)?;
+            event.fill(0);
+            event[..8].copy_from_slice(&userdata);
+            event[8..10].copy_from_slice(&error.to_le_bytes());
+            event[10] = tag;
+        }
+        store_u32(mem, nevents, count)
+    })())
+}
+
 /// `random_get(buf, len) -> errno`: the OS's random bytes (bounded by the memory the
 /// guest has, itself bounded by the memory cap).
 pub fn random_get(mem: &mut [u8], buf: i32, len: i32) -> i32 {
@@ -255,5 +325,35 @@ mod tests {
         let mut io = GuestIo::default();
         assert_eq!(proc_exit(&mut io, 3), GuestExit(3));
         assert_eq!(io.exit_code, Some(3));
+        assert_eq!(args_sizes_get(&mut mem, 0, 4), errno::SUCCESS);
+        assert_eq!(load_u32(&mem, 0), Ok(0));
+        assert_eq!(sched_yield(), errno::SUCCESS);
+    }
+
+    #[test]
+    fn poll_oneoff_answers_every_subscription_at_once() {
+        let mut mem = vec![0u8; 1024];
+        // A 10-s sleep on the monotonic clock (userdata 7), then a read of stdin (9).
+        mem[0..8].copy_from_slice(&7u64.to_le_bytes());
+        mem[8] = 0;
+        mem[16..20].copy_from_slice(&1u32.to_le_bytes());
+        mem[24..32].copy_from_slice(&10_000_000_000u64.to_le_bytes());
+        mem[48..56].copy_from_slice(&9u64.to_le_bytes());
+        mem[56] = 1;
+        let started = Instant::now();
+        assert_eq!(poll_oneoff(&mut mem, 0, 200, 2, 400), errno::SUCCESS);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(load_u32(&mem, 400), Ok(2));
+        assert_eq!(&mem[200..208], &7u64.to_le_bytes());
+        assert_eq!(&mem[208..211], &[0, 0, 0]);
+        assert_eq!(&mem[232..240], &9u64.to_le_bytes());
+        assert_eq!(&mem[240..243], &[errno::BADF as u8, 0, 1]);
+        // No subscription, an unknown tag, buffers outside memory: errors, no panic.
+        assert_eq!(poll_oneoff(&mut mem, 0, 200, 0, 400), errno::INVAL);
+        mem[8] = 5;
+        assert_eq!(poll_oneoff(&mut mem, 0, 200, 1, 400), errno::INVAL);
+        assert_eq!(poll_oneoff(&mut mem, 1000, 200, 1, 400), errno::FAULT);
+        assert_eq!(poll_oneoff(&mut mem, 0, 200, i32::MAX, 400), errno::FAULT);
+        assert_eq!(poll_oneoff(&mut mem, 0, -1, 1, 400), errno::FAULT);
     }
 }

@@ -204,6 +204,33 @@ host_fn!(environ_sizes_get, |_io, mem, a| wasi::environ_sizes_get(
     arg_i32(&a, 1)
 ));
 
+host_fn!(args_get, |_io, mem, a| wasi::args_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1)
+));
+host_fn!(args_sizes_get, |_io, mem, a| wasi::args_sizes_get(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1)
+));
+host_fn!(poll_oneoff, |_io, mem, a| wasi::poll_oneoff(
+    mem,
+    arg_i32(&a, 0),
+    arg_i32(&a, 1),
+    arg_i32(&a, 2),
+    arg_i32(&a, 3)
+));
+
+fn sched_yield(
+    _: &mut GuestIo,
+    _: &mut Instance,
+    _: &mut CallingFrame,
+    _: Vec<WasmValue>,
+) -> HostResult {
+    Ok(vec![WasmValue::from_i32(wasi::sched_yield())])
+}
+
 fn proc_exit(
     io: &mut GuestIo,
     _: &mut Instance,
@@ -223,6 +250,10 @@ fn guest_imports() -> Result<ImportObject<GuestIo>, WasmEdgeError> {
         .and_then(|b| b.with_func::<(i32, i32, i32, i32), i32>("fd_write", fd_write))
         .and_then(|b| b.with_func::<(i32, i32), i32>("environ_get", environ_get))
         .and_then(|b| b.with_func::<(i32, i32), i32>("environ_sizes_get", environ_sizes_get))
+        .and_then(|b| b.with_func::<(i32, i32), i32>("args_get", args_get))
+        .and_then(|b| b.with_func::<(i32, i32), i32>("args_sizes_get", args_sizes_get))
+        .and_then(|b| b.with_func::<(), i32>("sched_yield", sched_yield))
+        .and_then(|b| b.with_func::<(i32, i32, i32, i32), i32>("poll_oneoff", poll_oneoff))
         .and_then(|b| b.with_func::<i32, ()>("proc_exit", proc_exit))
         .map_err(|e| *e)?;
     Ok(b.build())

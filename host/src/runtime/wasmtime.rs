@@ -457,6 +457,30 @@ fn wasi_linker(engine: &Engine) -> anyhow::Result<Linker<Ctx>> {
                 with_memory(&mut c, |mem, _| wasi::environ_sizes_get(mem, count, size))
             },
         )?
+        .func_wrap(
+            M,
+            "args_get",
+            |mut c: Caller<'_, Ctx>, argv: i32, buf: i32| {
+                with_memory(&mut c, |mem, _| wasi::args_get(mem, argv, buf))
+            },
+        )?
+        .func_wrap(
+            M,
+            "args_sizes_get",
+            |mut c: Caller<'_, Ctx>, argc: i32, size: i32| {
+                with_memory(&mut c, |mem, _| wasi::args_sizes_get(mem, argc, size))
+            },
+        )?
+        .func_wrap(M, "sched_yield", wasi::sched_yield)?
+        .func_wrap(
+            M,
+            "poll_oneoff",
+            |mut c: Caller<'_, Ctx>, subs: i32, events: i32, count: i32, nevents: i32| {
+                with_memory(&mut c, |mem, _| {
+                    wasi::poll_oneoff(mem, subs, events, count, nevents)
+                })
+            },
+        )?
         .func_wrap(M, "proc_exit", |mut c: Caller<'_, Ctx>, code: i32| {
             Err::<(), _>(anyhow::Error::new(wasi::proc_exit(
                 &mut c.data_mut().io,

@@ -32,11 +32,20 @@ pub fn limits() -> Limits {
 
 /// `vote_module.wasm` as built by `make modules`.
 pub fn real_module() -> Vec<u8> {
+    built_module("vote_module.wasm")
+}
+
+/// `vote_go.wasm`, the Go vote module, as built by `make modules`.
+pub fn go_module() -> Vec<u8> {
+    built_module("vote_go.wasm")
+}
+
+fn built_module(file: &str) -> Vec<u8> {
     let dir = std::env::var_os("URNA_MODULE_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/wasm"),
         PathBuf::from,
     );
-    let path = dir.join("vote_module.wasm");
+    let path = dir.join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}: build the modules first with `make modules`",

@@ -1,0 +1,3 @@
+module urna/vote-go
+
+go 1.24
