@@ -24,9 +24,8 @@ fn brokers() -> String {
 // ---------------------------------------------------------------------------
 // Runtime level: fresh instances, containment, ABI checks (no Kafka needed).
 
-#[test]
-fn wasm_answers_exactly_like_the_native_logic() {
-    let ballot = urna_vote::Ballot::builtin();
+/// The contract's sample votes and bad input classes, as bodies.
+fn contract_bodies() -> Vec<Vec<u8>> {
     let mut bodies: Vec<Vec<u8>> = urna_testkit::contract::sample_votes()
         .into_iter()
         .map(String::into_bytes)
@@ -36,6 +35,13 @@ fn wasm_answers_exactly_like_the_native_logic() {
             .into_iter()
             .map(|c| c.body),
     );
+    bodies
+}
+
+#[test]
+fn wasm_answers_exactly_like_the_native_logic() {
+    let ballot = urna_vote::Ballot::builtin();
+    let bodies = contract_bodies();
     for rt in runtimes() {
         let module = rt.load(&real_module()).expect("real module loads");
         for body in &bodies {
@@ -71,15 +77,7 @@ fn wasm_answers_exactly_like_the_native_logic() {
 #[test]
 fn the_go_module_judges_like_the_native_logic() {
     let ballot = urna_vote::Ballot::builtin();
-    let mut bodies: Vec<Vec<u8>> = urna_testkit::contract::sample_votes()
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
-    bodies.extend(
-        urna_testkit::contract::bad_cases()
-            .into_iter()
-            .map(|c| c.body),
-    );
+    let mut bodies = contract_bodies();
     bodies.extend(
         [
             r#"{"name":"  bohemia SUBURBANA","album":"sombras en el jardín ","year":"1993","rank":"+7"}"#,
