@@ -222,6 +222,7 @@ fn main() {
                 urna_host::ModuleSlot::load(
                     runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap(),
                     dir.join(urna_host::MODULE_FILE),
+                    true,
                 )
                 .unwrap(),
             );
@@ -306,6 +307,7 @@ async fn healthz_while_looping(runtime_name: &str, samples: usize) -> Vec<Durati
         module_dir: dir.clone(),
         wasm_runtime: runtime_name.to_owned(),
         wasm_max_instances: 4,
+        wasm_deploy_trial: false, // the looping module could not pass it
         ..urna_host::Settings::default()
     };
     settings.kafka.kafka_brokers = "127.0.0.1:9".into(); // nobody: not needed here

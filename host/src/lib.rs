@@ -4,7 +4,7 @@
 //!
 //! Per `POST /votes`:
 //! 1. the router checks content type, size and the in-flight bound (415/413/429);
-//! 2. the backend stamps an id (UUID v7) and a time, waits (at most
+//! 2. with the id (UUID v7) and time the edge stamped, the backend waits (at most
 //!    `URNA_WASM_SLOT_WAIT_MS`) for one of `URNA_WASM_MAX_INSTANCES` invocation slots,
 //!    and runs the module off the async workers ([`backend`]): instantiate, call
 //!    `urna_handle_vote`, drop the instance;
@@ -18,6 +18,7 @@
 //!
 //! - [`runtime`]: the Wasm engine behind a trait (wasmtime; WasmEdge with `--features wasmedge`).
 //! - [`modules`]: the module in service, ABI check and hot reload.
+//! - [`trial`]: what a module must answer before it serves.
 //! - [`backend`]: the `VoteBackend` tying the two to Kafka, with the timing metrics.
 //! - [`module_health`]: `/readyz` says so while the module fails every vote.
 
@@ -37,6 +38,7 @@ pub mod backend;
 pub mod module_health;
 pub mod modules;
 pub mod runtime;
+pub mod trial;
 
 pub use backend::WasmBackend;
 pub use modules::{ModuleSlot, Reload};
@@ -73,6 +75,10 @@ pub struct Settings {
     /// `URNA_WASM_MAX_INSTANCES`: invocations at once (0: four per CPU). Requests
     /// beyond wait for a slot (bounded by `URNA_MAX_IN_FLIGHT` and the request deadline).
     pub wasm_max_instances: u32,
+    /// `URNA_WASM_DEPLOY_TRIAL`: put every module through the deploy trial before it
+    /// serves ([`trial`]). Off only for hosts that serve modules built to fail it (the
+    /// containment tests' looping and trapping modules).
+    pub wasm_deploy_trial: bool,
     /// `URNA_WASM_KEEP_RESIDENT_KB`: memory of a pooled instance slot kept resident
     /// (reset in place on reuse, no page faults next time) instead of returned to the
     /// kernel. With Linux's `PAGEMAP_SCAN` only the pages an instance wrote are reset.
@@ -98,6 +104,7 @@ impl Default for Settings {
             wasm_memory_mb: 16,
             wasm_max_instances: 0,
             wasm_keep_resident_kb: 1024,
+            wasm_deploy_trial: true,
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
         }
@@ -190,7 +197,8 @@ impl Host {
         let limits = settings.limits();
         let runtime = runtime::by_name(&settings.wasm_runtime, limits, settings.wasmedge_run_mode)?;
         let path = settings.module_path();
-        let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(runtime, path))
+        let trial = settings.wasm_deploy_trial;
+        let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(runtime, path, trial))
             .await
             .context("module loader")??;
         let modules = Arc::new(modules);

@@ -5,8 +5,9 @@
 //! reference to the current module once (`current()`), so a swap never disturbs a
 //! request in flight — it finishes on the module it started with, the next one gets the
 //! new module. A watcher polls the file's size, mtime, inode and ctime; a changed file is
-//! compiled and ABI-checked *before* the swap, so a broken or incompatible module is
-//! refused and the old one keeps serving. Deploy by writing a temporary file and
+//! compiled, ABI-checked and put through the deploy trial ([`crate::trial`]) *before*
+//! the swap, so a broken, incompatible or wrong module is refused and the old one keeps
+//! serving. Deploy by writing a temporary file and
 //! renaming it over the old one; a file caught half-written is refused and retried as
 //! soon as it changes again.
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{LoadError, Runtime, VoteModule};
+use crate::runtime::{Runtime, VoteModule};
 
 /// One loaded, checked module.
 pub struct Deployed {
@@ -71,10 +72,12 @@ impl FileStamp {
 
 pub struct ModuleSlot {
     runtime: Arc<dyn Runtime>,
+    trial: bool,
     path: PathBuf,
     current: ArcSwap<Deployed>,
     last_seen: Mutex<Option<FileStamp>>,
     refused: AtomicU64,
+    last_refusal: Mutex<Option<String>>,
 }
 
 fn fingerprint(bytes: &[u8]) -> String {
@@ -85,8 +88,12 @@ fn fingerprint(bytes: &[u8]) -> String {
 
 impl ModuleSlot {
     /// Loads the module at `path`; fails (the host does not start) if it is missing or
-    /// does not pass the ABI check.
-    pub fn load(runtime: Arc<dyn Runtime>, path: PathBuf) -> anyhow::Result<ModuleSlot> {
+    /// does not pass the ABI check or (with `trial`) the deploy trial.
+    pub fn load(
+        runtime: Arc<dyn Runtime>,
+        path: PathBuf,
+        trial: bool,
+    ) -> anyhow::Result<ModuleSlot> {
         let stamp = FileStamp::of(&path).map_err(|e| {
             anyhow::anyhow!(
                 "vote module {}: {e} (build it with `make modules`, or set URNA_MODULE_DIR)",
@@ -99,6 +106,10 @@ impl ModuleSlot {
         let module = runtime
             .load(&bytes)
             .map_err(|e| anyhow::anyhow!("vote module {}: {e}", path.display()))?;
+        if trial {
+            crate::trial::run(&*module)
+                .map_err(|e| anyhow::anyhow!("vote module {}: {e}", path.display()))?;
+        }
         let deployed = Deployed {
             module,
             generation: 1,
@@ -116,10 +127,12 @@ impl ModuleSlot {
         record_load("loaded", &deployed);
         Ok(ModuleSlot {
             runtime,
+            trial,
             path,
             current: ArcSwap::from_pointee(deployed),
             last_seen: Mutex::new(Some(stamp)),
             refused: AtomicU64::new(0),
+            last_refusal: Mutex::new(None),
         })
     }
 
@@ -135,6 +148,14 @@ impl ModuleSlot {
     /// How many changed files were refused since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Why the last changed file was refused, if one was.
+    pub fn last_refusal(&self) -> Option<String> {
+        self.last_refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn runtime_name(&self) -> &'static str {
@@ -170,7 +191,14 @@ impl ModuleSlot {
             return Reload::Unchanged;
         }
         let started = Instant::now();
-        match self.runtime.load(&bytes) {
+        let loaded = self.runtime.load(&bytes).map_err(|e| e.to_string());
+        let tried = loaded.and_then(|module| {
+            if self.trial {
+                crate::trial::run(&*module)?;
+            }
+            Ok(module)
+        });
+        match tried {
             Ok(module) => {
                 let deployed = Deployed {
                     module,
@@ -192,11 +220,12 @@ impl ModuleSlot {
                 self.current.store(Arc::new(deployed));
                 Reload::Swapped { generation }
             }
-            Err(e @ (LoadError::Compile(_) | LoadError::Abi(_))) => self.refuse(e.to_string()),
+            Err(reason) => self.refuse(reason),
         }
     }
 
     fn refuse(&self, reason: String) -> Reload {
+        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
         self.refused.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("urna_wasm_module_loads_total", "outcome" => "refused").increment(1);
         tracing::warn!(

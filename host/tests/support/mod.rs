@@ -227,6 +227,15 @@ pub struct TestHost {
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// [`settings`] for a host serving modules built to fail the deploy trial (looping,
+/// trapping, closed): what those tests check happens after a module serves.
+pub fn without_trial(dir: &Path, brokers: &str, topic: &str) -> Settings {
+    Settings {
+        wasm_deploy_trial: false,
+        ..settings(dir, brokers, topic)
+    }
+}
+
 pub fn settings(dir: &Path, brokers: &str, topic: &str) -> Settings {
     let mut s = Settings {
         module_dir: dir.to_owned(),
