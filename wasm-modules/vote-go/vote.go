@@ -6,7 +6,6 @@ package main
 // contract suite hold both modules to it.
 
 import (
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -160,19 +159,14 @@ func parseVote(body []byte) (vote, *voteError) {
 		return vote{}, e
 	}
 
-	// 422s from here on; the first unknown field in key order, as serde_json's map.
-	keys := make([]string, 0, len(m))
-	for key := range m {
-		keys = append(keys, key)
-	}
-	sort.Strings(keys)
-	for _, key := range keys {
+	// 422s from here on; of several unknown fields, the first in the body.
+	for _, mb := range members {
 		known := false
 		for _, f := range fields {
-			known = known || key == f
+			known = known || mb.key == f
 		}
 		if !known {
-			return vote{}, invalid(key, "unknown field "+strconv.Quote(key)+
+			return vote{}, invalid(mb.key, "unknown field "+strconv.Quote(mb.key)+
 				"; a vote has only name, album, year and rank")
 		}
 	}
