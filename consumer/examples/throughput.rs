@@ -95,6 +95,7 @@ async fn produce(brokers: &str, topic: &str, n: usize) -> anyhow::Result<()> {
             accepted_at_micros: urna_common::stamp::now_micros(),
             ballot_version: urna_vote::Ballot::builtin().version().into(),
             idempotency_key: String::new(),
+            module_version: String::new(),
         };
         let producer = producer.clone();
         let topic = topic.to_owned();

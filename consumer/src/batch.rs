@@ -155,6 +155,7 @@ mod tests {
             accepted_at_micros: 1,
             ballot_version: "1+00000000".into(),
             idempotency_key: String::new(),
+            module_version: String::new(),
         }
         .encode_to_vec()
     }

@@ -202,6 +202,9 @@ impl MongoSink {
                     "offset": offset,
                     "member": &self.member,
                 };
+                if !r.module_version.is_empty() {
+                    log.insert("module_version", &r.module_version);
+                }
                 // A retry of a logged key hits the unique index: a duplicate, ignored.
                 if !r.idempotency_key.is_empty() {
                     log.insert("idempotency_key", &r.idempotency_key);

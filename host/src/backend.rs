@@ -138,6 +138,7 @@ impl WasmBackend {
         // The module serving now; a reload during this request does not affect it.
         let deployed = self.modules.current();
         let generation = deployed.generation;
+        let version = deployed.fingerprint.clone();
         let runtime = self.modules.runtime_name();
         let Stamp {
             id,
@@ -193,11 +194,17 @@ impl WasmBackend {
             .increment(1);
 
         match decoded {
-            Ok(ModuleOutput::Accepted(record, payload)) => Ok(Decision::Accept {
-                id,
-                record,
-                payload,
-            }),
+            Ok(ModuleOutput::Accepted(mut record, mut payload)) => {
+                // Which module judged it is the host's to say: a field appended to the
+                // encoded record is the same record with it set (protobuf's merge rule).
+                prost::encoding::string::encode(10, &version, &mut payload);
+                record.module_version = version;
+                Ok(Decision::Accept {
+                    id,
+                    record,
+                    payload,
+                })
+            }
             Ok(ModuleOutput::Rejected { status, body }) => Ok(Decision::Reject {
                 status,
                 body: Bytes::from(body),

@@ -11,7 +11,6 @@
 //! renaming it over the old one; a file caught half-written is refused and retried as
 //! soon as it changes again.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,8 @@ pub struct Deployed {
     pub module: Arc<dyn VoteModule>,
     /// Counts loads since start: 1 for the first module, +1 per swap.
     pub generation: u64,
-    /// A fingerprint of the file's bytes (not cryptographic; identifies a deploy).
+    /// `sha256:<hex>` of the file's bytes: the module's version, carried by every record
+    /// it judged (`VoteRecord.module_version`).
     pub fingerprint: String,
     pub size: u64,
 }
@@ -81,9 +81,10 @@ pub struct ModuleSlot {
 }
 
 fn fingerprint(bytes: &[u8]) -> String {
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    format!("{:016x}", h.finish())
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl ModuleSlot {

@@ -467,6 +467,21 @@ async fn producer_contract_suite_passes_with_the_go_module() {
     let host = TestHost::start(&go_module(), &brokers, &topic).await;
     host.wait_ready(200).await;
     urna_testkit::contract::run(&host.base, &brokers, &topic, Source::Wasm).await;
+    assert_judged_by(&brokers, &topic, &go_module());
+}
+
+/// Every record on `topic` names `module` (its sha256) as the module that judged it.
+fn assert_judged_by(brokers: &str, topic: &str, module: &[u8]) {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(module)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let records = urna_testkit::kafka::records_since(brokers, topic, &BTreeMap::new());
+    assert!(!records.is_empty());
+    for r in records {
+        assert_eq!(r.module_version, format!("sha256:{hex}"), "{r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,6 +491,7 @@ async fn producer_contract_suite_passes() {
     let host = TestHost::start(&real_module(), &brokers, &topic).await;
     host.wait_ready(200).await;
     urna_testkit::contract::run(&host.base, &brokers, &topic, Source::Wasm).await;
+    assert_judged_by(&brokers, &topic, &real_module());
 
     let text = reqwest::get(format!("{}/metrics", host.base))
         .await

@@ -20,6 +20,7 @@ pub fn accept(vote: &Vote, id: uuid::Uuid, source: Source, accepted_at_micros: i
         accepted_at_micros,
         ballot_version: vote.ballot_version.to_owned(),
         idempotency_key: String::new(),
+        module_version: String::new(),
     }
 }
 
@@ -38,6 +39,8 @@ impl Source {
 pub const MAX_NAME_BYTES: usize = 256;
 /// Longest ballot version a record may carry.
 pub const MAX_BALLOT_VERSION_BYTES: usize = 64;
+/// Longest module version a record may carry (`sha256:` and 64 hex digits fit).
+pub const MAX_MODULE_VERSION_BYTES: usize = 80;
 
 /// Checks a decoded record's *shape*: what the consumer needs to count and log it
 /// safely. It deliberately does not ask whether the band is on the consumer's ballot:
@@ -92,6 +95,14 @@ pub fn check_shape(record: &VoteRecord) -> Result<(), VoteError> {
         return Err(VoteError::invalid(
             "ballot_version",
             "ballot version is malformed",
+        ));
+    }
+    if record.module_version.len() > MAX_MODULE_VERSION_BYTES
+        || record.module_version.chars().any(char::is_control)
+    {
+        return Err(VoteError::invalid(
+            "module_version",
+            "module version is malformed",
         ));
     }
     // A record written by a producer carries no key or one that passed the producer's
@@ -230,7 +241,7 @@ mod tests {
         r.ballot_version.clear();
         assert_eq!(field(&r), Ok(()));
         type Breakage = (&'static str, fn(&mut VoteRecord));
-        let cases: [Breakage; 9] = [
+        let cases: [Breakage; 11] = [
             ("id", |r| {
                 r.id = "01900000-0000-4000-8000-000000000001".into()
             }),
@@ -242,6 +253,10 @@ mod tests {
             ("rank", |r| r.rank = 0),
             ("source", |r| r.source = 9),
             ("accepted_at_micros", |r| r.accepted_at_micros = 0),
+            ("module_version", |r| {
+                r.module_version = "x".repeat(MAX_MODULE_VERSION_BYTES + 1)
+            }),
+            ("module_version", |r| r.module_version = "sha256:\n".into()),
         ];
         for (want, break_it) in cases {
             let mut r = sample();

@@ -286,6 +286,7 @@ impl Records {
                     } else {
                         String::new()
                     },
+                    module_version: String::new(),
                 };
                 (partition, offset, record.encode_to_vec())
             })

@@ -40,6 +40,7 @@ fn keyed(run: &str, rank: u32, key: &str, at_micros: i64) -> Vec<u8> {
         } else {
             format!("{run}-{key}")
         },
+        module_version: String::new(),
     }
     .encode_to_vec()
 }
@@ -200,6 +201,7 @@ async fn the_same_batch_applied_twice_changes_nothing() {
             accepted_at_micros: 1,
             ballot_version: String::new(),
             idempotency_key: String::new(),
+            module_version: String::new(),
         }
         .encode_to_vec()
     };

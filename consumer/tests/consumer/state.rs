@@ -303,12 +303,19 @@ async fn a_vote_judged_by_another_ballot_is_counted_not_dead_lettered() {
     newer.album = "Gracias por Volver".into();
     newer.year = 2004;
     newer.ballot_version = "2+0badc0de".into();
+    newer.module_version = format!("sha256:{}", "ab".repeat(32));
     f.expected.add(&newer);
     produce_raw(f.brokers(), f.topic(), [(None, newer.encode_to_vec())]).await;
     let member = spawn_in_process(f.member_settings("ballot")).await;
     f.assert_exactly_once(Duration::from_secs(60)).await;
     assert_eq!(f.redis_state().await.bands["Malacates Trébol Shop"], 1);
     assert_eq!(f.dlq_records(), 0);
+    // Its log says which module judged it.
+    let log = f.mongo_log(&newer.id).await.expect("the vote's log");
+    assert_eq!(
+        log.get_str("module_version"),
+        Ok(newer.module_version.as_str())
+    );
     member.stop().await;
 }
 

@@ -75,6 +75,7 @@ pub fn vote(i: usize) -> VoteRecord {
         accepted_at_micros: urna_common::stamp::now_micros(),
         ballot_version: ballot.version().into(),
         idempotency_key: String::new(),
+        module_version: String::new(),
     }
 }
 
@@ -241,6 +242,17 @@ impl Fixture {
             .await
             .unwrap();
         self.logs(&client).count_documents(doc! {}).await.unwrap()
+    }
+
+    /// The log document of the vote with this id.
+    pub async fn mongo_log(&self, vote_id: &str) -> Option<mongodb::bson::Document> {
+        let client = mongodb::Client::with_uri_str(&self.settings.mongo_url)
+            .await
+            .unwrap();
+        self.logs(&client)
+            .find_one(doc! { "vote_id": vote_id })
+            .await
+            .unwrap()
     }
 
     /// What `<logs>.recent` holds: per partition, how far its batches chain up from

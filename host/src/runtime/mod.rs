@@ -431,9 +431,11 @@ pub fn decode_output(
                 || record.accepted_at_micros != accepted_at_micros
                 || record.source() != urna_vote::Source::Wasm
                 || !record.idempotency_key.is_empty()
+                || !record.module_version.is_empty()
             {
                 return Err(bad(
-                    "accepted record does not carry the host's id, time and source (and no key)"
+                    "accepted record does not carry the host's id, time and source (and no \
+                     key or module version: the host sets those)"
                         .into(),
                 ));
             }

@@ -260,6 +260,7 @@ fn reactor_abi_returns_records_and_http_errors() {
             accepted_at_micros: 1_764_000_000_000_000,
             ballot_version: urna_vote::Ballot::builtin().version().into(),
             idempotency_key: String::new(),
+            module_version: String::new(),
         }
     );
 
