@@ -14,6 +14,12 @@ use super::settings::KafkaSettings;
 use super::stall::StallWatch;
 use crate::deadline::Deadline;
 
+/// Probes that must fail in a row before the publisher says it is not ready: one
+/// metadata request that times out on a saturated machine is not Kafka gone (a host test
+/// under full load saw 138 votes refused for one). A send that fails for lack of a
+/// connection still makes it not ready at once.
+pub const PROBE_FAILURES_NOT_READY: u64 = 2;
+
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -61,6 +67,8 @@ struct Health {
     /// Woken by librdkafka's global errors, so a fatal one is handled at once.
     wake: Notify,
     rebuilds: AtomicU64,
+    /// Probes failed in a row: readiness turns false at [`PROBE_FAILURES_NOT_READY`].
+    failed_probes: AtomicU64,
     /// Fed by every probe: how long the producer has had no working broker connection.
     stall: StallWatch,
 }
@@ -99,6 +107,7 @@ impl VotePublisher {
             ready: AtomicBool::new(false),
             wake: Notify::new(),
             rebuilds: AtomicU64::new(0),
+            failed_probes: AtomicU64::new(0),
             stall: StallWatch::new(settings.rebuild_after(), settings.liveness()),
         });
         let first = create(settings, 0, &health)?;
@@ -225,7 +234,19 @@ impl VotePublisher {
         .await
         .unwrap_or(false);
         self.shared.health.stall.observe(ok);
-        self.set_ready(ok);
+        let failed = if ok {
+            self.shared.health.failed_probes.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.shared
+                .health
+                .failed_probes
+                .fetch_add(1, Ordering::Relaxed)
+                + 1
+        };
+        if ok || failed >= PROBE_FAILURES_NOT_READY {
+            self.set_ready(ok);
+        }
         self.is_ready()
     }
 
