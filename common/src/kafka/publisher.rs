@@ -20,6 +20,17 @@ use crate::deadline::Deadline;
 /// connection still makes it not ready at once.
 pub const PROBE_FAILURES_NOT_READY: u64 = 2;
 
+/// A delivery acknowledged this recently proves a working broker connection, whatever a
+/// probe says: on a machine saturated by compiles, metadata requests timed out twice in a
+/// row while acks kept coming (a clean-clone CI run: 102 votes refused).
+const RECENT_ACK: Duration = Duration::from_secs(3);
+
+/// Milliseconds since the first call in this process, +1 (so 0 can mean "never").
+fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -69,6 +80,8 @@ struct Health {
     rebuilds: AtomicU64,
     /// Probes failed in a row: readiness turns false at [`PROBE_FAILURES_NOT_READY`].
     failed_probes: AtomicU64,
+    /// [`now_ms`] of the last acknowledged delivery (0: none yet).
+    last_ack_ms: AtomicU64,
     /// Fed by every probe: how long the producer has had no working broker connection.
     stall: StallWatch,
 }
@@ -108,6 +121,7 @@ impl VotePublisher {
             wake: Notify::new(),
             rebuilds: AtomicU64::new(0),
             failed_probes: AtomicU64::new(0),
+            last_ack_ms: AtomicU64::new(0),
             stall: StallWatch::new(settings.rebuild_after(), settings.liveness()),
         });
         let first = create(settings, 0, &health)?;
@@ -162,10 +176,16 @@ impl VotePublisher {
                 // From here on the outcome is librdkafka's to report.
                 deadline.hand_off();
                 match delivery.await {
-                    Ok(Ok(d)) => Ok(Delivery {
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
+                    Ok(Ok(d)) => {
+                        self.shared
+                            .health
+                            .last_ack_ms
+                            .store(now_ms(), Ordering::Relaxed);
+                        Ok(Delivery {
+                            partition: d.partition,
+                            offset: d.offset,
+                        })
+                    }
                     Ok(Err((e, _))) => Err(e),
                     // Cannot happen while `generation` holds the producer.
                     Err(_) => Err(KafkaError::Canceled),
@@ -213,8 +233,9 @@ impl VotePublisher {
         self.shared.health.rebuilds.load(Ordering::Relaxed)
     }
 
-    /// Asks the brokers for the topic's metadata once; updates readiness. A producer with
-    /// a fatal error is never ready, whatever the brokers say.
+    /// Asks the brokers for the topic's metadata once; updates readiness (a delivery
+    /// acknowledged in the last [`RECENT_ACK`] counts as an answer). A producer with a
+    /// fatal error is never ready, whatever the brokers say.
     pub async fn probe(&self) -> bool {
         let generation = self.current();
         let topic = self.shared.settings.kafka_topic.clone();
@@ -233,6 +254,11 @@ impl VotePublisher {
         })
         .await
         .unwrap_or(false);
+        let last_ack = self.shared.health.last_ack_ms.load(Ordering::Relaxed);
+        let acked_recently = last_ack > 0
+            && now_ms().saturating_sub(last_ack)
+                < u64::try_from(RECENT_ACK.as_millis()).unwrap_or(0);
+        let ok = ok || acked_recently;
         self.shared.health.stall.observe(ok);
         let failed = if ok {
             self.shared.health.failed_probes.store(0, Ordering::Relaxed);
