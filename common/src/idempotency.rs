@@ -23,11 +23,12 @@
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 use urna_vote::{IdempotencyKey, Vote};
 
+use crate::redis_conn::LazyRedis;
 use crate::stamp::Stamp;
 
 /// Hex of the first 16 bytes of SHA-256: what the stores keep of a client's key (and of
@@ -127,12 +128,11 @@ pub enum StoreError {
 /// The edge store, shared by both producers. Each call is one atomic script, one round
 /// trip bounded by 1 s: a slow Redis costs a keyed vote a 503, never a hang.
 pub struct IdempotencyStore {
-    url: String,
     prefix: String,
     window: Duration,
     pending: Duration,
     timeout: Duration,
-    conn: OnceCell<ConnectionManager>,
+    redis: LazyRedis,
     /// When the gauges were last refreshed (at most every [`GAUGE_INTERVAL`]).
     gauges_at: Mutex<Option<Instant>>,
     begin: Script,
@@ -191,12 +191,11 @@ impl IdempotencyStore {
     /// blocks its key at most: longer than the request deadline.
     pub fn new(url: &str, prefix: &str, window: Duration, pending: Duration) -> IdempotencyStore {
         IdempotencyStore {
-            url: url.to_owned(),
             prefix: prefix.to_owned(),
             window,
             pending,
             timeout: Duration::from_secs(1),
-            conn: OnceCell::new(),
+            redis: LazyRedis::new(url, Duration::from_secs(1)),
             gauges_at: Mutex::new(None),
             begin: Script::new(BEGIN),
             settle: Script::new(SETTLE),
@@ -213,25 +212,7 @@ impl IdempotencyStore {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                let client = redis::Client::open(self.url.as_str())
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1);
-                tokio::time::timeout(
-                    self.timeout * 2,
-                    ConnectionManager::new_with_config(client, config),
-                )
-                .await
-                .map_err(|_| StoreError::Unavailable("connect timed out".to_owned()))?
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
-            })
-            .await?;
-        Ok(conn.clone())
+        self.redis.get().await.map_err(StoreError::Unavailable)
     }
 
     /// Records `key` for the vote with `fingerprint` and the `fresh` stamp, unless the

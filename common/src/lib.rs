@@ -12,6 +12,7 @@
 //!   and the gRPC client front differ only in their backend.
 //! - [`idempotency`]: the producers' `Idempotency-Key` store (one Redis for both
 //!   producers) and the key hash and window epoch the consumer shares with it.
+//! - [`redis_conn`]: the producers' lazily opened, time-bounded Redis connection.
 //! - [`http_server`]: serving it with bounded connections and a header deadline.
 //! - [`backoff`]: the one retry policy (exponential, jittered; `backon`).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, the same in every process.
@@ -29,6 +30,7 @@ pub mod idempotency;
 pub mod kafka;
 pub mod ops;
 pub mod producer_http;
+pub mod redis_conn;
 pub mod shutdown;
 pub mod stamp;
 #[cfg(feature = "stores")]

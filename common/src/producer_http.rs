@@ -3,6 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /votes`, valid vote | `202 {"id": "…"}` after Kafka acknowledged the record |
+//! | `POST /functions/{name}/votes` (backends that serve functions) | the same, judged by that function; `404` for one not deployed |
 //! | malformed JSON / wrong types, bad `Idempotency-Key` | `400 {"error", "field"}` |
 //! | valid JSON, invalid vote | `422 {"error", "field"}` |
 //! | body over 16 KiB | `413` |
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -42,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use urna_vote::{Ballot, IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_BODY_BYTES};
+use urna_vote::{Ballot, FunctionName, IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_BODY_BYTES};
 
 use crate::config::ConfigError;
 use crate::deadline::Deadline;
@@ -130,7 +131,14 @@ impl HttpSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     pub id: String,
+    /// The version of the function that judged the vote, when the backend has versions:
+    /// answered as the `Urna-Function-Version` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_version: Option<String>,
 }
+
+/// The header naming the function version that judged an accepted vote.
+pub const FUNCTION_VERSION_HEADER: &str = "urna-function-version";
 
 /// Why `POST /votes` did not give 202.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +155,9 @@ pub enum CastError {
     /// A fault in the producer itself (a trapping module, a broken channel): 500.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No such function is deployed: 404.
+    #[error("unknown function: {0}")]
+    UnknownFunction(String),
 }
 
 impl CastError {
@@ -174,13 +185,18 @@ impl CastError {
             CastError::Unavailable(_) => "unavailable",
             CastError::Overloaded(_) => "overloaded",
             CastError::Internal(_) => "internal",
+            CastError::UnknownFunction(_) => "unknown_function",
         }
     }
 }
 
 /// What turns a request body into an acknowledged vote.
 pub trait VoteBackend: Send + Sync + 'static {
-    /// Validates and publishes one vote body (at most 16 KiB, JSON content type) with
+    /// Whether `POST /functions/{name}/votes` is served (the Wasm host's functions);
+    /// otherwise only `POST /votes`, i.e. the function `default`.
+    const SERVES_FUNCTIONS: bool = false;
+
+    /// Validates and publishes one vote body for `function` (at most 16 KiB, JSON content type) with
     /// `stamp`'s id and acceptance time. `key` is the client's `Idempotency-Key`: it goes
     /// into the record (and keys the Kafka record, so a retry lands on the partition of
     /// the first attempt); a retry of an unknown outcome comes with the first's stamp.
@@ -192,6 +208,7 @@ pub trait VoteBackend: Send + Sync + 'static {
     /// `publish`, which refuses to hand off when too little of it is left.
     fn cast(
         &self,
+        function: FunctionName,
         body: Bytes,
         key: Option<IdempotencyKey>,
         stamp: Stamp,
@@ -235,8 +252,11 @@ pub fn router<B: VoteBackend>(
         idempotency: settings.idempotency_store(),
         settings,
     });
-    Router::new()
-        .route("/votes", post(post_vote::<B>))
+    let mut votes = Router::new().route("/votes", post(post_vote::<B>));
+    if B::SERVES_FUNCTIONS {
+        votes = votes.route("/functions/{name}/votes", post(post_function_vote::<B>));
+    }
+    votes
         .method_not_allowed_fallback(|| async {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -266,17 +286,52 @@ async fn post_vote<B: VoteBackend>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    vote_route(
+        state,
+        FunctionName::default_function(),
+        "/votes",
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn post_function_vote<B: VoteBackend>(
+    State(state): State<Arc<AppState<B>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    const ROUTE: &str = "/functions/{name}/votes";
+    let function = match FunctionName::parse(&name) {
+        Ok(function) => function,
+        Err(e) => {
+            metrics::counter!("urna_http_requests_total", "route" => ROUTE, "status" => "404")
+                .increment(1);
+            return error(StatusCode::NOT_FOUND, &e, None);
+        }
+    };
+    vote_route(state, function, ROUTE, headers, body).await
+}
+
+async fn vote_route<B: VoteBackend>(
+    state: Arc<AppState<B>>,
+    function: FunctionName,
+    route: &'static str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // On its own task: when a client goes away, hyper drops the handler, and a vote
     // already handed to Kafka would be written but neither answered nor in the 202 count
     // (seen: `make up`'s counts check found 20 more votes counted than accepted after
     // Locust stopped with requests in flight). A spawned task finishes and is counted.
     let decided = tokio::spawn(async move {
         let started = Instant::now();
-        let response = handle_vote(&state, &headers, body).await;
+        let response = handle_vote(&state, function, &headers, body).await;
         let status = response.status().as_u16().to_string();
-        metrics::counter!("urna_http_requests_total", "route" => "/votes", "status" => status)
+        metrics::counter!("urna_http_requests_total", "route" => route, "status" => status)
             .increment(1);
-        metrics::histogram!("urna_http_request_duration_seconds", "route" => "/votes",
+        metrics::histogram!("urna_http_request_duration_seconds", "route" => route,
             "outcome" => outcome_of(response.status()))
         .record(started.elapsed().as_secs_f64());
         response
@@ -294,7 +349,7 @@ async fn post_vote<B: VoteBackend>(
 fn outcome_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         202 => "accepted",
-        400 | 408 | 409 | 413 | 415 | 422 => "rejected",
+        400 | 404 | 408 | 409 | 413 | 415 | 422 => "rejected",
         429 => "overloaded",
         503 => "unavailable",
         _ => "error",
@@ -303,6 +358,7 @@ fn outcome_of(status: StatusCode) -> &'static str {
 
 async fn handle_vote<B: VoteBackend>(
     state: &AppState<B>,
+    function: FunctionName,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
@@ -423,12 +479,23 @@ async fn handle_vote<B: VoteBackend>(
     };
     let stamp = claim.as_ref().map_or_else(Stamp::now, Claim::stamp);
     let deadline = Deadline::after(Duration::from_millis(state.settings.request_timeout_ms));
-    let result = cast_within_deadline(state, body, key, stamp, &deadline).await;
+    let result = cast_within_deadline(state, function, body, key, stamp, &deadline).await;
     if let Some(claim) = claim {
         settle(&state.idempotency, &claim, &result, &deadline).await;
     }
     match result {
-        Ok(accepted_vote) => accepted(&accepted_vote.id),
+        Ok(accepted_vote) => {
+            let mut response = accepted(&accepted_vote.id);
+            if let Some(version) = accepted_vote
+                .function_version
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+            {
+                response
+                    .headers_mut()
+                    .insert(FUNCTION_VERSION_HEADER, version);
+            }
+            response
+        }
         Err(e) => {
             if !matches!(e, CastError::Rejected { .. }) {
                 tracing::warn!(outcome = e.outcome(), error = %e, "vote not accepted");
@@ -441,12 +508,15 @@ async fn handle_vote<B: VoteBackend>(
 /// The backend's outcome, under the request deadline (see [`VoteBackend::cast`]).
 async fn cast_within_deadline<B: VoteBackend>(
     state: &AppState<B>,
+    function: FunctionName,
     body: Bytes,
     key: Option<IdempotencyKey>,
     stamp: Stamp,
     deadline: &Deadline,
 ) -> Result<Accepted, CastError> {
-    let cast = state.backend.cast(body, key, stamp, deadline.clone());
+    let cast = state
+        .backend
+        .cast(function, body, key, stamp, deadline.clone());
     tokio::pin!(cast);
     let until = deadline.at().map(tokio::time::sleep_until);
     match until {
@@ -530,6 +600,7 @@ fn cast_error_response(e: CastError, retry_after_secs: u32) -> Response {
             &format!("internal error: {reason}"),
             None,
         ),
+        CastError::UnknownFunction(reason) => error(StatusCode::NOT_FOUND, &reason, None),
     }
 }
 

@@ -26,6 +26,7 @@ struct AcceptAll;
 impl VoteBackend for AcceptAll {
     async fn cast(
         &self,
+        _function: urna_vote::FunctionName,
         _body: Bytes,
         _key: Option<IdempotencyKey>,
         _stamp: urna_common::stamp::Stamp,
@@ -33,6 +34,7 @@ impl VoteBackend for AcceptAll {
     ) -> Result<Accepted, CastError> {
         Ok(Accepted {
             id: "accepted".into(),
+            function_version: None,
         })
     }
     async fn ready(&self) -> Result<(), String> {

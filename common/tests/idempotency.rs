@@ -48,6 +48,7 @@ impl Backend {
 impl VoteBackend for Backend {
     async fn cast(
         &self,
+        _function: urna_vote::FunctionName,
         _body: Bytes,
         _key: Option<IdempotencyKey>,
         stamp: Stamp,
@@ -64,6 +65,7 @@ impl VoteBackend for Backend {
         }
         Ok(Accepted {
             id: stamp.id.hyphenated().to_string(),
+            function_version: None,
         })
     }
 

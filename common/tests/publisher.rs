@@ -27,6 +27,7 @@ struct Publish {
 impl VoteBackend for Publish {
     async fn cast(
         &self,
+        _function: urna_vote::FunctionName,
         body: Bytes,
         _key: Option<IdempotencyKey>,
         _stamp: urna_common::stamp::Stamp,
@@ -39,7 +40,10 @@ impl VoteBackend for Publish {
             .publish(id.as_bytes(), &body, &deadline)
             .await
         {
-            Ok(_) => Ok(Accepted { id }),
+            Ok(_) => Ok(Accepted {
+                id,
+                function_version: None,
+            }),
             Err(e) => Err(CastError::from_publish_error(e)),
         }
     }

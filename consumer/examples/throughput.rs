@@ -96,6 +96,7 @@ async fn produce(brokers: &str, topic: &str, n: usize) -> anyhow::Result<()> {
             ballot_version: urna_vote::Ballot::builtin().version().into(),
             idempotency_key: String::new(),
             module_version: String::new(),
+            function: String::new(),
         };
         let producer = producer.clone();
         let topic = topic.to_owned();

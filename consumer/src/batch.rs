@@ -156,6 +156,7 @@ mod tests {
             ballot_version: "1+00000000".into(),
             idempotency_key: String::new(),
             module_version: String::new(),
+            function: String::new(),
         }
         .encode_to_vec()
     }

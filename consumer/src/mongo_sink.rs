@@ -205,6 +205,9 @@ impl MongoSink {
                 if !r.module_version.is_empty() {
                     log.insert("module_version", &r.module_version);
                 }
+                if !r.function.is_empty() {
+                    log.insert("function", &r.function);
+                }
                 // A retry of a logged key hits the unique index: a duplicate, ignored.
                 if !r.idempotency_key.is_empty() {
                     log.insert("idempotency_key", &r.idempotency_key);

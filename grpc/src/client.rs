@@ -92,6 +92,7 @@ impl GrpcBackend {
 impl VoteBackend for GrpcBackend {
     async fn cast(
         &self,
+        _function: urna_vote::FunctionName,
         body: Bytes,
         key: Option<IdempotencyKey>,
         stamp: Stamp,
@@ -105,7 +106,10 @@ impl VoteBackend for GrpcBackend {
         // The server decides now, within the call deadline: wait for its answer.
         deadline.hand_off();
         match self.cast_raw(body, key, stamp).await {
-            Ok(response) => Ok(Accepted { id: response.id }),
+            Ok(response) => Ok(Accepted {
+                id: response.id,
+                function_version: None,
+            }),
             Err(s) => Err(status::cast_error(&s)),
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod ballot;
 pub mod error;
+pub mod function;
 pub mod idempotency;
 pub mod parse;
 pub mod record;
@@ -20,6 +21,7 @@ pub mod time;
 
 pub use ballot::Ballot;
 pub use error::VoteError;
+pub use function::{DEFAULT_FUNCTION, FunctionName, MAX_FUNCTION_NAME};
 pub use idempotency::{IDEMPOTENCY_KEY_HEADER, IdempotencyKey, MAX_IDEMPOTENCY_KEY_BYTES};
 pub use parse::{MAX_BODY_BYTES, Rank, Vote, parse_vote};
 pub use record::{Source, VoteRecord, accept, check_record, check_shape, record_json};

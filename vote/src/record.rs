@@ -21,6 +21,7 @@ pub fn accept(vote: &Vote, id: uuid::Uuid, source: Source, accepted_at_micros: i
         ballot_version: vote.ballot_version.to_owned(),
         idempotency_key: String::new(),
         module_version: String::new(),
+        function: String::new(),
     }
 }
 
@@ -104,6 +105,9 @@ pub fn check_shape(record: &VoteRecord) -> Result<(), VoteError> {
             "module_version",
             "module version is malformed",
         ));
+    }
+    if !record.function.is_empty() && crate::FunctionName::parse(&record.function).is_err() {
+        return Err(VoteError::invalid("function", "function name is malformed"));
     }
     // A record written by a producer carries no key or one that passed the producer's
     // edge; anything else was not written by a producer of this contract.
@@ -241,7 +245,7 @@ mod tests {
         r.ballot_version.clear();
         assert_eq!(field(&r), Ok(()));
         type Breakage = (&'static str, fn(&mut VoteRecord));
-        let cases: [Breakage; 11] = [
+        let cases: [Breakage; 12] = [
             ("id", |r| {
                 r.id = "01900000-0000-4000-8000-000000000001".into()
             }),
@@ -257,6 +261,7 @@ mod tests {
                 r.module_version = "x".repeat(MAX_MODULE_VERSION_BYTES + 1)
             }),
             ("module_version", |r| r.module_version = "sha256:\n".into()),
+            ("function", |r| r.function = "Not/A-Name".into()),
         ];
         for (want, break_it) in cases {
             let mut r = sample();

@@ -287,6 +287,7 @@ impl Records {
                         String::new()
                     },
                     module_version: String::new(),
+                    function: String::new(),
                 };
                 (partition, offset, record.encode_to_vec())
             })

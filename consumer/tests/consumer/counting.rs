@@ -41,6 +41,7 @@ fn keyed(run: &str, rank: u32, key: &str, at_micros: i64) -> Vec<u8> {
             format!("{run}-{key}")
         },
         module_version: String::new(),
+        function: String::new(),
     }
     .encode_to_vec()
 }
@@ -202,6 +203,7 @@ async fn the_same_batch_applied_twice_changes_nothing() {
             ballot_version: String::new(),
             idempotency_key: String::new(),
             module_version: String::new(),
+            function: String::new(),
         }
         .encode_to_vec()
     };

@@ -304,6 +304,7 @@ async fn a_vote_judged_by_another_ballot_is_counted_not_dead_lettered() {
     newer.year = 2004;
     newer.ballot_version = "2+0badc0de".into();
     newer.module_version = format!("sha256:{}", "ab".repeat(32));
+    newer.function = "vote-go".into();
     f.expected.add(&newer);
     produce_raw(f.brokers(), f.topic(), [(None, newer.encode_to_vec())]).await;
     let member = spawn_in_process(f.member_settings("ballot")).await;
@@ -316,6 +317,7 @@ async fn a_vote_judged_by_another_ballot_is_counted_not_dead_lettered() {
         log.get_str("module_version"),
         Ok(newer.module_version.as_str())
     );
+    assert_eq!(log.get_str("function"), Ok("vote-go"));
     member.stop().await;
 }
 

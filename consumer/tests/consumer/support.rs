@@ -76,6 +76,7 @@ pub fn vote(i: usize) -> VoteRecord {
         ballot_version: ballot.version().into(),
         idempotency_key: String::new(),
         module_version: String::new(),
+        function: String::new(),
     }
 }
 

@@ -261,6 +261,7 @@ fn reactor_abi_returns_records_and_http_errors() {
             ballot_version: urna_vote::Ballot::builtin().version().into(),
             idempotency_key: String::new(),
             module_version: String::new(),
+            function: String::new(),
         }
     );
 
