@@ -218,33 +218,40 @@ fn main() {
             let dir = std::env::temp_dir().join(format!("urna-bench-{}-{k}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
-            let slot = Arc::new(
-                urna_host::ModuleSlot::load(
-                    runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap(),
-                    dir.join(urna_host::MODULE_FILE),
-                    true,
-                )
-                .unwrap(),
-            );
+            let engine = runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap();
+            let slot =
+                urna_host::ModuleSlot::load(engine.clone(), dir.join(urna_host::MODULE_FILE), true)
+                    .unwrap();
+            let functions = Arc::new(urna_host::Functions::new(
+                engine,
+                urna_host::functions::store::Store::memory(),
+                true,
+                8 << 20,
+                slot.current(),
+                bytes.clone(),
+            ));
             // Not connected until used: `decide` never publishes.
             let publisher = urna_common::kafka::VotePublisher::new(
                 &urna_common::kafka::KafkaSettings::default(),
             )
             .unwrap();
             backends.push(
-                urna_host::WasmBackend::new(slot, publisher, 16, Duration::from_secs(1))
+                urna_host::WasmBackend::new(functions, publisher, 16, Duration::from_secs(1))
                     .with_handoff(handoff),
             );
             dirs.push(dir);
         }
         let votes = votes.clone();
         let samples = tokio::spawn(async move {
+            let default = urna_vote::FunctionName::default_function();
             let mut samples = [Vec::with_capacity(iters), Vec::with_capacity(iters)];
             for i in 0..iters + 1000 {
                 for (s, backend) in samples.iter_mut().zip(&backends) {
                     let body = bytes::Bytes::from(votes[i % votes.len()].clone());
                     let started = Instant::now();
-                    let decision = backend.decide(body, urna_common::stamp::Stamp::now()).await;
+                    let decision = backend
+                        .decide(&default, None, body, urna_common::stamp::Stamp::now())
+                        .await;
                     let elapsed = started.elapsed();
                     assert!(matches!(
                         decision,

@@ -39,14 +39,14 @@ use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
 use urna_common::producer_http::{Accepted, CastError, VoteBackend};
 use urna_common::stamp::Stamp;
-use urna_vote::IdempotencyKey;
+use urna_vote::{FunctionName, IdempotencyKey};
 
+use crate::functions::Functions;
 use crate::module_health::ModuleHealth;
-use crate::modules::ModuleSlot;
 use crate::runtime::{Invocation, InvokeError, InvokeErrorKind, ModuleOutput, decode_output};
 
 pub struct WasmBackend {
-    modules: Arc<ModuleSlot>,
+    functions: Arc<Functions>,
     module_health: ModuleHealth,
     publisher: VotePublisher,
     slots: Arc<Semaphore>,
@@ -90,13 +90,13 @@ pub fn cast_error(e: &InvokeError) -> CastError {
 impl WasmBackend {
     /// `max_instances` invocations at once; a request waits at most `slot_wait` for one.
     pub fn new(
-        modules: Arc<ModuleSlot>,
+        functions: Arc<Functions>,
         publisher: VotePublisher,
         max_instances: usize,
         slot_wait: Duration,
     ) -> Self {
         WasmBackend {
-            modules,
+            functions,
             module_health: ModuleHealth::default(),
             publisher,
             slots: Arc::new(Semaphore::new(max_instances)),
@@ -116,16 +116,37 @@ impl WasmBackend {
         self.slots.available_permits()
     }
 
-    /// Runs the module on one body in a fresh instance (no Kafka): the Wasm half of
-    /// `cast`, also used by the benchmark.
-    pub async fn decide(&self, body: Bytes, stamp: Stamp) -> Result<Decision, CastError> {
+    pub fn functions(&self) -> &Arc<Functions> {
+        &self.functions
+    }
+
+    /// Runs `function`'s version for this vote on one body in a fresh instance (no
+    /// Kafka): the Wasm half of `cast`, also used by the benchmark. `key` decides the
+    /// canary split when there is one (else the vote's id does).
+    pub async fn decide(
+        &self,
+        function: &FunctionName,
+        key: Option<&IdempotencyKey>,
+        body: Bytes,
+        stamp: Stamp,
+    ) -> Result<Decision, CastError> {
+        // The version serving now; a change during this request does not affect it.
+        let seed = key.map_or_else(
+            || stamp.id.as_bytes().to_vec(),
+            |k| k.as_str().as_bytes().to_vec(),
+        );
+        let Some(deployed) = self.functions.pick(function, &seed) else {
+            return Err(CastError::UnknownFunction(format!(
+                "no function {function} is deployed"
+            )));
+        };
         let queued = Instant::now();
         let permit =
             match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(_)) => return Err(CastError::Internal("invocation slots closed".into())),
                 Err(_) => {
-                    let runtime = self.modules.runtime_name();
+                    let runtime = self.functions.runtime_name();
                     metrics::counter!("urna_wasm_invocations_total",
                     "runtime" => runtime, "outcome" => "no_slot")
                     .increment(1);
@@ -135,11 +156,11 @@ impl WasmBackend {
                     )));
                 }
             };
-        // The module serving now; a reload during this request does not affect it.
-        let deployed = self.modules.current();
-        let generation = deployed.generation;
+        let generation = self.functions.generation();
         let version = deployed.fingerprint.clone();
-        let runtime = self.modules.runtime_name();
+        let version_label = Functions::label(&version);
+        let function_label = function.to_string();
+        let runtime = self.functions.runtime_name();
         let Stamp {
             id,
             accepted_at_micros: at,
@@ -190,15 +211,18 @@ impl WasmBackend {
                 "runtime" => runtime, "outcome" => outcome)
             .record(run.as_secs_f64());
         }
-        metrics::counter!("urna_wasm_invocations_total", "runtime" => runtime, "outcome" => outcome)
-            .increment(1);
+        metrics::counter!("urna_wasm_invocations_total", "runtime" => runtime, "outcome" => outcome,
+            "function" => function_label, "version" => version_label)
+        .increment(1);
 
         match decoded {
             Ok(ModuleOutput::Accepted(mut record, mut payload)) => {
                 // Which module judged it is the host's to say: a field appended to the
                 // encoded record is the same record with it set (protobuf's merge rule).
                 prost::encoding::string::encode(10, &version, &mut payload);
+                prost::encoding::string::encode(11, &function.to_string(), &mut payload);
                 record.module_version = version;
+                record.function = function.to_string();
                 Ok(Decision::Accept {
                     id,
                     record,
@@ -222,14 +246,17 @@ impl WasmBackend {
 }
 
 impl VoteBackend for WasmBackend {
+    const SERVES_FUNCTIONS: bool = true;
+
     async fn cast(
         &self,
+        function: FunctionName,
         body: Bytes,
         key: Option<IdempotencyKey>,
         stamp: Stamp,
         deadline: Deadline,
     ) -> Result<Accepted, CastError> {
-        match self.decide(body, stamp).await? {
+        match self.decide(&function, key.as_ref(), body, stamp).await? {
             Decision::Reject { status, body } => Err(CastError::Rejected { status, body }),
             Decision::Accept {
                 id,
@@ -254,6 +281,7 @@ impl VoteBackend for WasmBackend {
                 {
                     Ok(_) => Ok(Accepted {
                         id: id.hyphenated().to_string(),
+                        function_version: Some(record.module_version),
                     }),
                     Err(e) => Err(CastError::from_publish_error(e)),
                 }
@@ -265,7 +293,7 @@ impl VoteBackend for WasmBackend {
         if !self.publisher.is_ready() {
             return Err("not ready: Kafka is unreachable".to_owned());
         }
-        self.module_health.check(self.modules.current().generation)
+        self.module_health.check(self.functions.generation())
     }
 
     fn alive(&self) -> Result<(), String> {

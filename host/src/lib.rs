@@ -17,7 +17,9 @@
 //!    it (503 + `Retry-After` when Kafka is unreachable).
 //!
 //! - [`runtime`]: the Wasm engine behind a trait (wasmtime; WasmEdge with `--features wasmedge`).
-//! - [`modules`]: the module in service, ABI check and hot reload.
+//! - [`functions`]: vote functions and their versions, canary and rollback; the store
+//!   every replica converges on; the admin API and its CLI.
+//! - [`modules`]: the host's module file (the function `default`) and its hot reload.
 //! - [`trial`]: what a module must answer before it serves.
 //! - [`backend`]: the `VoteBackend` tying the two to Kafka, with the timing metrics.
 //! - [`module_health`]: `/readyz` says so while the module fails every vote.
@@ -35,12 +37,14 @@ use urna_common::kafka::{KafkaSettings, VotePublisher};
 use urna_common::producer_http::{self, HttpSettings};
 
 pub mod backend;
+pub mod functions;
 pub mod module_health;
 pub mod modules;
 pub mod runtime;
 pub mod trial;
 
 pub use backend::WasmBackend;
+pub use functions::Functions;
 pub use modules::{ModuleSlot, Reload};
 
 /// The module file the host serves, inside `URNA_MODULE_DIR`.
@@ -83,6 +87,19 @@ pub struct Settings {
     /// (reset in place on reuse, no page faults next time) instead of returned to the
     /// kernel. With Linux's `PAGEMAP_SCAN` only the pages an instance wrote are reset.
     pub wasm_keep_resident_kb: u64,
+    /// `URNA_FUNCTION_STORE`: where functions and versions live: `memory` (this host
+    /// only, gone at exit) or `redis` (`URNA_REDIS_URL`: shared by every replica).
+    pub function_store: String,
+    /// `URNA_FUNCTION_STORE_PREFIX`: the Redis keys' prefix.
+    pub function_store_prefix: String,
+    /// `URNA_FUNCTION_SYNC_MS`: how often a replica polls the store for changes.
+    pub function_sync_ms: u64,
+    /// `URNA_FUNCTION_MAX_MODULE_BYTES`: the largest module a version may be.
+    pub function_max_module_bytes: usize,
+    /// `URNA_ADMIN_LISTEN`: the admin API's address (never the votes port).
+    pub admin_listen: String,
+    /// `URNA_ADMIN_TOKEN`: the admin API's bearer token; empty: no admin API.
+    pub admin_token: String,
     /// Kafka, incl. `URNA_KAFKA_PROBE_INTERVAL_MS` and `URNA_SHUTDOWN_FLUSH_MS`.
     #[serde(flatten)]
     pub kafka: KafkaSettings,
@@ -105,6 +122,12 @@ impl Default for Settings {
             wasm_max_instances: 0,
             wasm_keep_resident_kb: 1024,
             wasm_deploy_trial: true,
+            function_store: "memory".into(),
+            function_store_prefix: "urna:functions".into(),
+            function_sync_ms: 1_000,
+            function_max_module_bytes: 8 << 20,
+            admin_listen: "127.0.0.1:8091".into(),
+            admin_token: String::new(),
             kafka: KafkaSettings::default(),
             http: HttpSettings::default(),
         }
@@ -148,6 +171,18 @@ impl Settings {
                  ({request} ms), or a vote could get 503 and still be written"
             );
         }
+        if !matches!(self.function_store.as_str(), "memory" | "redis") {
+            anyhow::bail!(
+                "settings: URNA_FUNCTION_STORE is `memory` or `redis`, not {:?}",
+                self.function_store
+            );
+        }
+        if !self.admin_token.is_empty() && self.admin_token.len() < 16 {
+            anyhow::bail!("settings: URNA_ADMIN_TOKEN must be at least 16 characters");
+        }
+        if !self.admin_token.is_empty() && self.admin_listen == self.listen {
+            anyhow::bail!("settings: URNA_ADMIN_LISTEN must not be the votes address URNA_LISTEN");
+        }
         if self.wasm_cpu_budget_ms == 0 || self.wasm_cpu_budget_ms > self.wasm_wall_limit_ms {
             anyhow::bail!(
                 "settings: URNA_WASM_CPU_BUDGET_MS ({}) must be between 1 and \
@@ -157,6 +192,15 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    pub fn function_store(&self) -> functions::store::Store {
+        match self.function_store.as_str() {
+            "redis" => {
+                functions::store::Store::redis(&self.http.redis_url, &self.function_store_prefix)
+            }
+            _ => functions::store::Store::memory(),
+        }
     }
 
     pub fn module_path(&self) -> PathBuf {
@@ -185,6 +229,7 @@ impl Settings {
 pub struct Host {
     settings: Settings,
     modules: Arc<ModuleSlot>,
+    functions: Arc<Functions>,
     publisher: VotePublisher,
     backend: Arc<WasmBackend>,
 }
@@ -198,10 +243,30 @@ impl Host {
         let runtime = runtime::by_name(&settings.wasm_runtime, limits, settings.wasmedge_run_mode)?;
         let path = settings.module_path();
         let trial = settings.wasm_deploy_trial;
-        let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(runtime, path, trial))
+        let loader = runtime.clone();
+        let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(loader, path, trial))
             .await
             .context("module loader")??;
         let modules = Arc::new(modules);
+        let file_bytes = std::fs::read(settings.module_path()).context("module file")?;
+        let functions = Arc::new(Functions::new(
+            runtime,
+            settings.function_store(),
+            trial,
+            settings.function_max_module_bytes,
+            modules.current(),
+            file_bytes,
+        ));
+        // The store decides what serves; the file's module until it answers (each call
+        // to it is bounded, so an unreachable store costs seconds, not the start).
+        if let Err(e) = functions.sync().await {
+            tracing::warn!(error = %e, "function store not reachable at start; serving the module file until it is");
+        }
+        let deploy_to = functions.clone();
+        let handle = tokio::runtime::Handle::current();
+        modules.on_new(Box::new(move |deployed, bytes| {
+            handle.block_on(deploy_to.deploy_file(deployed, bytes))
+        }));
         let publisher = VotePublisher::new(&settings.kafka).context("Kafka producer")?;
         if !publisher.probe().await {
             tracing::warn!(
@@ -211,7 +276,7 @@ impl Host {
             );
         }
         let backend = Arc::new(WasmBackend::new(
-            modules.clone(),
+            functions.clone(),
             publisher.clone(),
             limits.max_instances as usize,
             Duration::from_millis(settings.wasm_slot_wait_ms),
@@ -219,6 +284,7 @@ impl Host {
         Ok(Host {
             settings,
             modules,
+            functions,
             publisher,
             backend,
         })
@@ -229,18 +295,60 @@ impl Host {
         &self.modules
     }
 
+    pub fn functions(&self) -> &Arc<Functions> {
+        &self.functions
+    }
+
     pub fn backend(&self) -> &Arc<WasmBackend> {
         &self.backend
     }
 
     /// Serves on `listener` until `shutdown`: then stops accepting, finishes the
-    /// requests in flight and flushes the Kafka producer.
+    /// requests in flight and flushes the Kafka producer. The admin API, if a token is
+    /// set, on `URNA_ADMIN_LISTEN`.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let admin = if self.settings.admin_token.is_empty() {
+            None
+        } else {
+            let addr = &self.settings.admin_listen;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin API: listen on {addr}"))?,
+            )
+        };
+        self.serve_with_admin(listener, admin, shutdown).await
+    }
+
+    /// [`Host::serve`] with the admin API on an already-bound `admin` listener.
+    pub async fn serve_with_admin(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let background = shutdown.child_token();
+        self.functions.spawn_sync(
+            Duration::from_millis(self.settings.function_sync_ms),
+            background.clone(),
+        );
+        let admin_task = admin.map(|admin| {
+            let router = functions::admin::router(
+                self.functions.clone(),
+                &self.settings.admin_token,
+                self.settings.function_max_module_bytes,
+            );
+            tracing::info!(addr = ?admin.local_addr().ok(), store = self.functions.store_kind(), "admin API listening");
+            let limits = urna_common::http_server::ConnectionLimits {
+                max_connections: 64,
+                header_read_timeout: Duration::from_secs(10),
+            };
+            tokio::spawn(urna_common::http_server::serve(admin, router, limits, background.clone()))
+        });
         self.publisher.spawn_probe(background.clone());
         self.modules.spawn_watch(
             Duration::from_millis(self.settings.module_poll_ms),
@@ -256,17 +364,37 @@ impl Host {
             addr = ?addr,
             module = %self.modules.path().display(),
             runtime = self.modules.runtime_name(),
+            function_store = self.functions.store_kind(),
             topic = %self.settings.kafka.kafka_topic,
             "wasm producer listening"
         );
         let served = producer_http::serve(listener, router, &self.settings.http, shutdown).await;
         background.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         tracing::info!("stopped accepting; in-flight requests done; flushing Kafka producer");
         match self.publisher.shutdown_flush().await {
             Ok(()) => tracing::info!("Kafka producer flushed"),
             Err(e) => tracing::warn!(error = %e, "Kafka producer flush incomplete"),
         }
         served.context("HTTP server")
+    }
+}
+
+/// The process: `urna-host functions …` is the admin CLI ([`functions::cli`]); with no
+/// arguments, the service.
+pub async fn main_from_args() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => run_from_env().await,
+        Some("functions") => std::process::exit(functions::cli::run(&args[1..]).await),
+        Some(other) => {
+            eprintln!(
+                "unknown command {other:?}: `urna-host` serves, `urna-host functions` administers"
+            );
+            std::process::exit(2)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! `urna-host`: the Wasm producer. Settings from `URNA_*` variables (see `Settings`).
+//! `urna-host`: the Wasm producer (settings from `URNA_*` variables, see `Settings`);
+//! `urna-host functions …`: its admin CLI.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    urna_host::run_from_env().await
+    urna_host::main_from_args().await
 }

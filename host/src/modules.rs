@@ -1,4 +1,5 @@
-//! The deployed vote module and its hot reload.
+//! The host's module file and its hot reload: a deploy of the function `default`
+//! ([`crate::functions`]).
 //!
 //! The module is a file (`$URNA_MODULE_DIR/vote_module.wasm`), not part of the binary.
 //! [`ModuleSlot`] holds the module in service behind an [`ArcSwap`]: a request takes a
@@ -70,8 +71,14 @@ impl FileStamp {
     }
 }
 
+/// What the host does with a changed file that passed the checks, before the slot
+/// counts it as loaded: deploy it as `default` ([`crate::functions::Functions::deploy_file`]).
+/// `Err` refuses it.
+pub type OnNew = Box<dyn Fn(Arc<Deployed>, Vec<u8>) -> Result<(), String> + Send + Sync>;
+
 pub struct ModuleSlot {
     runtime: Arc<dyn Runtime>,
+    on_new: std::sync::OnceLock<OnNew>,
     trial: bool,
     path: PathBuf,
     current: ArcSwap<Deployed>,
@@ -81,10 +88,7 @@ pub struct ModuleSlot {
 }
 
 fn fingerprint(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    crate::functions::deploy::version_of(bytes)
 }
 
 impl ModuleSlot {
@@ -128,6 +132,7 @@ impl ModuleSlot {
         record_load("loaded", &deployed);
         Ok(ModuleSlot {
             runtime,
+            on_new: std::sync::OnceLock::new(),
             trial,
             path,
             current: ArcSwap::from_pointee(deployed),
@@ -137,7 +142,12 @@ impl ModuleSlot {
         })
     }
 
-    /// The module serving now. Hold the `Arc` for the whole request.
+    /// Sets what happens to a changed file that passed the checks (once).
+    pub fn on_new(&self, f: OnNew) {
+        let _ = self.on_new.set(f);
+    }
+
+    /// The file's module as last loaded. Hold the `Arc` for the whole request.
     pub fn current(&self) -> Arc<Deployed> {
         self.current.load_full()
     }
@@ -215,10 +225,16 @@ impl ModuleSlot {
                     load_ms = started.elapsed().as_millis() as u64,
                     "vote module reloaded"
                 );
+                let deployed = Arc::new(deployed);
+                if let Some(on_new) = self.on_new.get()
+                    && let Err(reason) = on_new(deployed.clone(), bytes)
+                {
+                    return self.refuse(reason);
+                }
                 record_load("loaded", &deployed);
                 let generation = deployed.generation;
                 // Only the watcher swaps, so no compare-and-swap is needed.
-                self.current.store(Arc::new(deployed));
+                self.current.store(deployed);
                 Reload::Swapped { generation }
             }
             Err(reason) => self.refuse(reason),

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
+mod functions;
 mod support;
 
 use std::collections::BTreeMap;

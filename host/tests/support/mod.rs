@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use urna_host::runtime::{self, Limits, RunMode, Runtime};
-use urna_host::{Host, ModuleSlot, Settings, WasmBackend};
+use urna_host::{Functions, Host, ModuleSlot, Settings, WasmBackend};
 
 /// CPU budget of one invocation in the tests.
 pub const CPU_BUDGET: Duration = Duration::from_millis(100);
@@ -222,7 +222,10 @@ pub struct TestHost {
     pub base: String,
     pub dir: ScratchDir,
     pub modules: Arc<ModuleSlot>,
+    pub functions: Arc<Functions>,
     pub backend: Arc<WasmBackend>,
+    /// The admin API's base URL, when the settings have a token.
+    pub admin: Option<String>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -278,16 +281,27 @@ impl TestHost {
         let settings = settings(&dir.0);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let admin = if settings.admin_token.is_empty() {
+            None
+        } else {
+            Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin"))
+        };
+        let admin_base = admin
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("addr")));
         let host = Host::start(settings).await.expect("host starts");
         let modules = host.modules().clone();
+        let functions = host.functions().clone();
         let backend = host.backend().clone();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(host.serve(listener, shutdown.clone()));
+        let task = tokio::spawn(host.serve_with_admin(listener, admin, shutdown.clone()));
         TestHost {
             base,
             dir,
             modules,
+            functions,
             backend,
+            admin: admin_base,
             shutdown,
             task,
         }

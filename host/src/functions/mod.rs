@@ -1,0 +1,620 @@
+//! Vote functions: named, versioned Wasm modules served at run time.
+//!
+//! A function (`default` serves `POST /votes`, any other `POST /functions/{name}/votes`)
+//! has immutable versions, each the sha256 of its module, one active version and
+//! optionally a canary with a percentage ([`state`]). Versions and state live in the
+//! [`store`] (Redis for a shared, durable platform; memory for one host); every replica
+//! polls the store's revision and converges on what it says ([`Functions::sync`]).
+//! Nothing serves before it passed [`deploy::check`]: size, no native code, import
+//! allow-list and ABI, compile, deploy trial — on the uploading host, and again on each
+//! replica that compiles it.
+//!
+//! Serving is a table behind an [`ArcSwap`]: a vote takes the version it meets once and
+//! finishes on it, so an activation, canary change or rollback never fails a request.
+//! A replica keeps serving what it has while the store is unreachable, and keeps a
+//! function's previous version when a new one does not compile here (both reported by
+//! [`Functions::status`] and its metrics).
+//!
+//! The host's module file (`URNA_MODULE_DIR/vote_module.wasm`) is a deploy of `default`
+//! too: at start, a file whose version the store has never seen is uploaded and
+//! activated (a new image is a new release); a known one changes nothing, so a rollback
+//! survives restarts. A changed file while running is the same.
+
+pub mod admin;
+pub mod cli;
+pub mod deploy;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use urna_vote::FunctionName;
+
+use crate::modules::Deployed;
+use crate::runtime::Runtime;
+use deploy::{Checked, Origin, Refused};
+use state::{Change, FunctionState, Refusal, VersionInfo};
+use store::{Store, StoreError};
+
+/// What one function serves on this replica.
+pub struct Serving {
+    pub active: Arc<Deployed>,
+    pub canary: Option<(Arc<Deployed>, u8)>,
+    /// The store state's revision this was built from (0: not from the store yet).
+    pub revision: u64,
+}
+
+impl Serving {
+    /// The version for a vote whose split seed (its key, or its id) is `seed`.
+    pub fn pick(&self, seed: &[u8]) -> &Arc<Deployed> {
+        match &self.canary {
+            Some((canary, percent)) if state::bucket(seed) < *percent => canary,
+            _ => &self.active,
+        }
+    }
+}
+
+/// Why an upload or change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("version refused at {0}")]
+    Refused(Refused),
+    #[error("{0}")]
+    Refusal(Refusal),
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    pub function: FunctionName,
+    pub version: String,
+    pub size: u64,
+    /// False when the store had this version already.
+    pub created: bool,
+    pub active: bool,
+    pub compile_ms: u64,
+    pub trial_ms: u64,
+}
+
+/// A replica's view of one function, for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStatus {
+    pub name: FunctionName,
+    #[serde(flatten)]
+    pub state: FunctionState,
+    /// What this replica serves now.
+    pub serving_here: ServingHere,
+    /// Why this replica does not serve what the store says, if it does not.
+    pub sync_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServingHere {
+    pub active: Option<String>,
+    pub canary: Option<String>,
+    pub canary_percent: Option<u8>,
+}
+
+pub struct Functions {
+    runtime: Arc<dyn Runtime>,
+    store: Store,
+    trial: bool,
+    max_module_bytes: usize,
+    table: ArcSwap<BTreeMap<FunctionName, Arc<Serving>>>,
+    /// Modules compiled on this replica, by version: serving ones and recent ones (a
+    /// rollback to them swaps at once).
+    compiled: Mutex<HashMap<String, Arc<Deployed>>>,
+    /// +1 per table swap ([`crate::module_health`] starts over with each).
+    generation: AtomicU64,
+    /// The store revision this replica last converged on.
+    seen_revision: AtomicU64,
+    /// The file's module until the store has recorded it, and whether it is to be
+    /// activated even if the store knows it (a file changed while running).
+    unseeded: Mutex<Option<(Vec<u8>, bool)>>,
+    sync_errors: Mutex<BTreeMap<FunctionName, String>>,
+    store_up: AtomicBool,
+    /// One table update at a time (a change here and a sync from the store).
+    updating: tokio::sync::Mutex<()>,
+}
+
+/// Compiled modules kept beyond the serving ones, per function (the last active ones).
+const RECENT_COMPILED: usize = 3;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn short(version: &str) -> String {
+    version
+        .strip_prefix("sha256:")
+        .unwrap_or(version)
+        .chars()
+        .take(12)
+        .collect()
+}
+
+impl Functions {
+    /// Functions serving `file` (the host's module, already checked) as `default` until
+    /// the store says otherwise.
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        store: Store,
+        trial: bool,
+        max_module_bytes: usize,
+        file: Arc<Deployed>,
+        file_bytes: Vec<u8>,
+    ) -> Functions {
+        let mut table = BTreeMap::new();
+        let mut compiled = HashMap::new();
+        compiled.insert(file.fingerprint.clone(), file.clone());
+        table.insert(
+            FunctionName::default_function(),
+            Arc::new(Serving {
+                active: file,
+                canary: None,
+                revision: 0,
+            }),
+        );
+        let functions = Functions {
+            runtime,
+            store,
+            trial,
+            max_module_bytes,
+            table: ArcSwap::from_pointee(table),
+            compiled: Mutex::new(compiled),
+            generation: AtomicU64::new(1),
+            seen_revision: AtomicU64::new(u64::MAX),
+            unseeded: Mutex::new(Some((file_bytes, false))),
+            sync_errors: Mutex::new(BTreeMap::new()),
+            store_up: AtomicBool::new(false),
+            updating: tokio::sync::Mutex::new(()),
+        };
+        functions.record_serving();
+        functions
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    /// +1 per change of what this replica serves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// What `function` serves on this replica, if it is deployed.
+    pub fn serving(&self, function: &FunctionName) -> Option<Arc<Serving>> {
+        self.table.load().get(function).cloned()
+    }
+
+    /// The version that judges a vote of `function` with split seed `seed`.
+    pub fn pick(&self, function: &FunctionName, seed: &[u8]) -> Option<Arc<Deployed>> {
+        self.table
+            .load()
+            .get(function)
+            .map(|serving| serving.pick(seed).clone())
+    }
+
+    /// Checks `bytes` and stores them as a version of `function`, active if `activate`
+    /// (or if it is the function's first).
+    pub async fn upload(
+        &self,
+        function: &FunctionName,
+        bytes: Vec<u8>,
+        activate: bool,
+        origin: Origin,
+    ) -> Result<Uploaded, ChangeError> {
+        let checked = self.check(bytes.clone(), origin).await?;
+        self.record_checked(function, checked, &bytes, activate, origin)
+            .await
+    }
+
+    async fn check(&self, bytes: Vec<u8>, origin: Origin) -> Result<Checked, ChangeError> {
+        // Content-addressed: bytes this host compiled and tried already (a version of
+        // another function, the module file) passed every check here.
+        let version = deploy::version_of(&bytes);
+        if let Some(done) = lock(&self.compiled).get(&version).cloned() {
+            return Ok(Checked {
+                module: done.module.clone(),
+                version,
+                size: done.size,
+                compile_ms: 0,
+                trial_ms: 0,
+            });
+        }
+        let runtime = self.runtime.clone();
+        let (max, trial) = (self.max_module_bytes, self.trial);
+        tokio::task::spawn_blocking(move || deploy::check(&*runtime, &bytes, max, origin, trial))
+            .await
+            .map_err(|e| {
+                ChangeError::Refused(Refused {
+                    stage: "load",
+                    reason: format!("the check did not complete: {e}"),
+                })
+            })?
+            .map_err(ChangeError::Refused)
+    }
+
+    /// Stores a checked version and serves what the store then says.
+    pub async fn record_checked(
+        &self,
+        function: &FunctionName,
+        checked: Checked,
+        bytes: &[u8],
+        activate: bool,
+        origin: Origin,
+    ) -> Result<Uploaded, ChangeError> {
+        let deployed = Arc::new(Deployed {
+            module: checked.module,
+            generation: self.generation(),
+            fingerprint: checked.version.clone(),
+            size: checked.size,
+        });
+        lock(&self.compiled).insert(checked.version.clone(), deployed);
+        self.store
+            .put_module(function, &checked.version, bytes)
+            .await
+            .map_err(ChangeError::Store)?;
+        let info = VersionInfo {
+            version: checked.version.clone(),
+            size: checked.size,
+            uploaded_at_micros: urna_common::stamp::now_micros(),
+            source: origin.label().to_owned(),
+        };
+        let change = Change::Add {
+            info: info.clone(),
+            activate,
+        };
+        let committed = self.change(function, change).await?;
+        Ok(Uploaded {
+            function: function.clone(),
+            version: checked.version.clone(),
+            size: checked.size,
+            created: committed.versions.contains(&info),
+            active: committed.active.as_deref() == Some(checked.version.as_str()),
+            compile_ms: checked.compile_ms,
+            trial_ms: checked.trial_ms,
+        })
+    }
+
+    /// Applies `change` in the store, then serves the new state here at once (other
+    /// replicas follow at their next poll). Every change is an audit entry and a metric.
+    pub async fn change(
+        &self,
+        function: &FunctionName,
+        change: Change,
+    ) -> Result<FunctionState, ChangeError> {
+        let action = change.action();
+        let audit = serde_json::json!({
+            "at_micros": urna_common::stamp::now_micros(),
+            "action": action,
+            "function": function,
+            "change": format!("{change:?}"),
+        });
+        let result = self.store.change(function, &change, audit.clone()).await;
+        let outcome = match &result {
+            Ok(Ok(c)) if c.changed => "changed",
+            Ok(Ok(_)) => "unchanged",
+            Ok(Err(_)) => "refused",
+            Err(_) => "store_unavailable",
+        };
+        metrics::counter!("urna_function_changes_total", "action" => action, "outcome" => outcome)
+            .increment(1);
+        tracing::info!(target: "urna::audit", %function, action, outcome, change = ?change, "function change");
+        let committed = result
+            .map_err(|e| {
+                self.store_up.store(false, Ordering::Relaxed);
+                ChangeError::Store(e)
+            })?
+            .map_err(ChangeError::Refusal)?;
+        self.store_up.store(true, Ordering::Relaxed);
+        let _updating = self.updating.lock().await;
+        self.serve_state(function, &committed.state).await;
+        Ok(committed.state)
+    }
+
+    /// Polls the store every `every` until `shutdown`, converging on its state.
+    pub fn spawn_sync(self: &Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.sync().await {
+                    tracing::warn!(error = %e, "function store not reachable; serving what this host has");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Records the file's module in the store if it never saw it, then converges on
+    /// the store's state if its revision moved.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let result = self.sync_once().await;
+        self.store_up.store(result.is_ok(), Ordering::Relaxed);
+        metrics::gauge!("urna_function_store_up").set(if result.is_ok() { 1.0 } else { 0.0 });
+        result
+    }
+
+    async fn sync_once(&self) -> Result<(), StoreError> {
+        let unseeded = lock(&self.unseeded).clone();
+        if let Some((bytes, changed)) = unseeded {
+            self.seed(bytes, changed).await?;
+        }
+        let revision = self.store.revision().await?;
+        if self.seen_revision.load(Ordering::Acquire) == revision {
+            return Ok(());
+        }
+        let all = self.store.load_all().await?;
+        let _updating = self.updating.lock().await;
+        for (function, state) in &all {
+            self.serve_state(function, state).await;
+        }
+        self.seen_revision.store(revision, Ordering::Release);
+        Ok(())
+    }
+
+    /// The file's version, recorded and activated — at start only if the store does not
+    /// know it (so a rollback survives a restart); a file `changed` while running always.
+    async fn seed(&self, bytes: Vec<u8>, changed: bool) -> Result<(), StoreError> {
+        let default = FunctionName::default_function();
+        let version = deploy::version_of(&bytes);
+        let known = self
+            .store
+            .load_all()
+            .await?
+            .get(&default)
+            .is_some_and(|s| s.has(&version));
+        if changed || !known {
+            let deployed = lock(&self.compiled).get(&version).cloned();
+            let Some(deployed) = deployed else {
+                return Ok(());
+            };
+            self.store.put_module(&default, &version, &bytes).await?;
+            let info = VersionInfo {
+                version: version.clone(),
+                size: deployed.size,
+                uploaded_at_micros: urna_common::stamp::now_micros(),
+                source: Origin::File.label().to_owned(),
+            };
+            match self
+                .change(
+                    &default,
+                    Change::Add {
+                        info,
+                        activate: true,
+                    },
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(ChangeError::Store(e)) => return Err(e),
+                Err(e) => tracing::warn!(error = %e, %version, "the module file was not recorded"),
+            }
+        }
+        *lock(&self.unseeded) = None;
+        Ok(())
+    }
+
+    /// A changed module file while running: a deploy of `default`, activated. Without a
+    /// reachable store it serves here at once and is recorded once the store answers.
+    pub async fn deploy_file(&self, deployed: Arc<Deployed>, bytes: Vec<u8>) -> Result<(), String> {
+        let version = deployed.fingerprint.clone();
+        lock(&self.compiled).insert(version.clone(), deployed.clone());
+        *lock(&self.unseeded) = Some((bytes, true));
+        match self.sync().await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, %version, "function store unreachable: serving the new module file here only until it answers");
+                let _updating = self.updating.lock().await;
+                let default = FunctionName::default_function();
+                self.swap(
+                    &default,
+                    Some(Arc::new(Serving {
+                        active: deployed,
+                        canary: None,
+                        revision: 0,
+                    })),
+                );
+            }
+        }
+        // The store may have refused it (e.g. a full function): then it does not serve.
+        let serving = self
+            .serving(&FunctionName::default_function())
+            .map(|s| s.active.fingerprint.clone());
+        if serving.as_deref() == Some(version.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the module file {version} was not activated: {}",
+                lock(&self.sync_errors)
+                    .get(&FunctionName::default_function())
+                    .cloned()
+                    .unwrap_or_else(|| "the function store refused it".into())
+            ))
+        }
+    }
+
+    /// Serves `state` for `function` if this replica can: every version it names
+    /// compiled (from the cache or the store's bytes) and through the checks; otherwise
+    /// it keeps what it serves and records why. Callers hold `updating`.
+    async fn serve_state(&self, function: &FunctionName, state: &FunctionState) {
+        if self
+            .serving(function)
+            .is_some_and(|s| s.revision == state.revision && s.revision != 0)
+        {
+            return;
+        }
+        let Some(active) = &state.active else {
+            return;
+        };
+        let built = async {
+            let active = self.compiled_version(function, active).await?;
+            let canary = match &state.canary {
+                Some(c) => Some((
+                    self.compiled_version(function, &c.version).await?,
+                    c.percent,
+                )),
+                None => None,
+            };
+            Ok::<_, String>(Serving {
+                active,
+                canary,
+                revision: state.revision,
+            })
+        }
+        .await;
+        match built {
+            Ok(serving) => {
+                lock(&self.sync_errors).remove(function);
+                self.swap(function, Some(Arc::new(serving)));
+                self.trim_compiled(state);
+            }
+            Err(e) => {
+                tracing::error!(%function, error = %e, "cannot serve the function's new state here; keeping what it serves");
+                lock(&self.sync_errors).insert(function.clone(), e);
+            }
+        }
+    }
+
+    async fn compiled_version(
+        &self,
+        function: &FunctionName,
+        version: &str,
+    ) -> Result<Arc<Deployed>, String> {
+        if let Some(d) = lock(&self.compiled).get(version).cloned() {
+            return Ok(d);
+        }
+        let bytes = self
+            .store
+            .module(function, version)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the store has no module for {version}"))?;
+        if deploy::version_of(&bytes) != version {
+            return Err(format!("the store's module for {version} has other bytes"));
+        }
+        let checked = self
+            .check(bytes, Origin::Upload)
+            .await
+            .map_err(|e| format!("{version}: {e}"))?;
+        let deployed = Arc::new(Deployed {
+            module: checked.module,
+            generation: self.generation(),
+            fingerprint: checked.version,
+            size: checked.size,
+        });
+        lock(&self.compiled).insert(version.to_owned(), deployed.clone());
+        Ok(deployed)
+    }
+
+    fn swap(&self, function: &FunctionName, serving: Option<Arc<Serving>>) {
+        let mut table = BTreeMap::clone(&self.table.load());
+        match serving {
+            Some(s) => table.insert(function.clone(), s),
+            None => table.remove(function),
+        };
+        self.table.store(Arc::new(table));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.record_serving();
+    }
+
+    /// Keeps compiled what serves anywhere, plus this function's last active and last
+    /// uploaded versions (a rollback or canary to them swaps at once).
+    fn trim_compiled(&self, state: &FunctionState) {
+        let table = self.table.load();
+        let mut keep: Vec<String> = table
+            .values()
+            .flat_map(|s| {
+                std::iter::once(s.active.fingerprint.clone())
+                    .chain(s.canary.as_ref().map(|c| c.0.fingerprint.clone()))
+            })
+            .collect();
+        keep.extend(state.history.iter().rev().take(RECENT_COMPILED).cloned());
+        keep.extend(
+            state
+                .versions
+                .iter()
+                .rev()
+                .take(RECENT_COMPILED)
+                .map(|v| v.version.clone()),
+        );
+        // Versions this function has that are not in the store's list go too.
+        lock(&self.compiled).retain(|v, _| keep.contains(v) || !state.has(v));
+    }
+
+    fn record_serving(&self) {
+        let table = self.table.load();
+        for (function, serving) in table.iter() {
+            let function = function.to_string();
+            metrics::gauge!("urna_function_canary_percent", "function" => function.clone())
+                .set(serving.canary.as_ref().map_or(0.0, |c| f64::from(c.1)));
+            tracing::info!(
+                %function,
+                active = %serving.active.fingerprint,
+                canary = serving.canary.as_ref().map(|c| c.0.fingerprint.as_str()),
+                canary_percent = serving.canary.as_ref().map(|c| c.1),
+                revision = serving.revision,
+                "serving"
+            );
+        }
+    }
+
+    /// Every function: the store's state and what this replica serves.
+    pub async fn status(&self) -> Result<Vec<FunctionStatus>, StoreError> {
+        let all = self.store.load_all().await?;
+        let table = self.table.load();
+        let errors = lock(&self.sync_errors).clone();
+        let mut names: Vec<FunctionName> = all.keys().cloned().collect();
+        for name in table.keys() {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let serving = table.get(&name);
+                FunctionStatus {
+                    state: all.get(&name).cloned().unwrap_or_default(),
+                    serving_here: ServingHere {
+                        active: serving.map(|s| s.active.fingerprint.clone()),
+                        canary: serving
+                            .and_then(|s| s.canary.as_ref().map(|c| c.0.fingerprint.clone())),
+                        canary_percent: serving.and_then(|s| s.canary.as_ref().map(|c| c.1)),
+                    },
+                    sync_error: errors.get(&name).cloned(),
+                    name,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn audit(&self, n: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.store.audit(n).await
+    }
+
+    pub fn store_up(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed)
+    }
+
+    /// The short form of a version used as a metric label.
+    pub fn label(version: &str) -> String {
+        short(version)
+    }
+}

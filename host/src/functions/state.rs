@@ -1,0 +1,385 @@
+//! A function's state in the store, and the changes the admin API makes to it. Pure:
+//! every change is a function from the old state to the new one or a [`Refusal`], so
+//! the store can apply it with a compare-and-set and the rules are tested without I/O.
+
+use serde::{Deserialize, Serialize};
+
+/// Versions a function keeps (Cloudflare Workers keeps the last 100 too); an upload
+/// beyond it is refused until a version that is not serving is deleted.
+pub const MAX_VERSIONS: usize = 100;
+
+/// Previously active versions remembered for `rollback` without a version.
+pub const MAX_HISTORY: usize = 100;
+
+/// One immutable version: the module with these bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// `sha256:<hex>` of the module's bytes.
+    pub version: String,
+    pub size: u64,
+    /// When it was stored, microseconds since the Unix epoch.
+    pub uploaded_at_micros: i64,
+    /// `api` (uploaded) or `file` (the host's `URNA_MODULE_DIR`).
+    pub source: String,
+}
+
+/// The canary: a share of the function's votes judged by another version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub version: String,
+    /// 1–99: the share of votes, by `Idempotency-Key` when one is sent.
+    pub percent: u8,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionState {
+    /// In upload order.
+    pub versions: Vec<VersionInfo>,
+    pub active: Option<String>,
+    pub canary: Option<Canary>,
+    /// Versions that were active before, the most recent last.
+    pub history: Vec<String>,
+    /// +1 per change.
+    pub revision: u64,
+}
+
+/// Why a change was refused; the HTTP status the admin API answers with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::NotFound(_) => 404,
+            Refusal::Conflict(_) => 409,
+            Refusal::Invalid(_) => 422,
+        }
+    }
+}
+
+/// A change to one function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Store a checked version (a no-op if it is there); `activate` makes it active.
+    Add {
+        info: VersionInfo,
+        activate: bool,
+    },
+    Activate {
+        version: String,
+    },
+    SetCanary {
+        version: String,
+        percent: u8,
+    },
+    ClearCanary,
+    /// Back to `version`, or to the previously active one.
+    Rollback {
+        version: Option<String>,
+    },
+    /// Forget a version that is neither active nor the canary.
+    Delete {
+        version: String,
+    },
+}
+
+impl Change {
+    /// The audit log's name of the change.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Change::Add {
+                activate: false, ..
+            } => "upload",
+            Change::Add { activate: true, .. } => "upload_and_activate",
+            Change::Activate { .. } => "activate",
+            Change::SetCanary { .. } => "set_canary",
+            Change::ClearCanary => "clear_canary",
+            Change::Rollback { .. } => "rollback",
+            Change::Delete { .. } => "delete",
+        }
+    }
+}
+
+impl FunctionState {
+    pub fn has(&self, version: &str) -> bool {
+        self.versions.iter().any(|v| v.version == version)
+    }
+
+    /// The versions this function serves (active, then canary).
+    pub fn serving(&self) -> impl Iterator<Item = &str> {
+        self.active
+            .as_deref()
+            .into_iter()
+            .chain(self.canary.as_ref().map(|c| c.version.as_str()))
+    }
+
+    fn need(&self, version: &str) -> Result<(), Refusal> {
+        if self.has(version) {
+            Ok(())
+        } else {
+            Err(Refusal::NotFound(format!(
+                "no version {version} of this function"
+            )))
+        }
+    }
+
+    fn make_active(&mut self, version: String) {
+        if self.active.as_deref() == Some(version.as_str()) {
+            return;
+        }
+        if let Some(old) = self.active.replace(version.clone()) {
+            self.history.push(old);
+            let excess = self.history.len().saturating_sub(MAX_HISTORY);
+            self.history.drain(..excess);
+        }
+        // A promoted canary is the active version now; any other canary stays.
+        if self.canary.as_ref().is_some_and(|c| c.version == version) {
+            self.canary = None;
+        }
+    }
+
+    /// The state after `change`, or why it is refused. An unchanged state means the
+    /// change was a no-op (e.g. the same upload again).
+    pub fn apply(&self, change: &Change) -> Result<FunctionState, Refusal> {
+        let mut next = self.clone();
+        match change {
+            Change::Add { info, activate } => {
+                if !next.has(&info.version) {
+                    if next.versions.len() >= MAX_VERSIONS {
+                        return Err(Refusal::Conflict(format!(
+                            "this function has {MAX_VERSIONS} versions, the most it keeps: \
+                             delete one that is not serving first"
+                        )));
+                    }
+                    next.versions.push(info.clone());
+                }
+                if *activate || next.active.is_none() {
+                    next.make_active(info.version.clone());
+                }
+            }
+            Change::Activate { version } => {
+                next.need(version)?;
+                next.make_active(version.clone());
+            }
+            Change::SetCanary { version, percent } => {
+                next.need(version)?;
+                if !(1..=99).contains(percent) {
+                    return Err(Refusal::Invalid(format!(
+                        "a canary's percent is 1-99, not {percent} (clear it, or activate the version)"
+                    )));
+                }
+                if next.active.as_deref() == Some(version.as_str()) {
+                    return Err(Refusal::Conflict(format!(
+                        "{version} is the active version already"
+                    )));
+                }
+                next.canary = Some(Canary {
+                    version: version.clone(),
+                    percent: *percent,
+                });
+            }
+            Change::ClearCanary => next.canary = None,
+            Change::Rollback { version } => {
+                let target = match version {
+                    Some(v) => {
+                        next.need(v)?;
+                        v.clone()
+                    }
+                    None => {
+                        // The most recent earlier version that still exists and differs.
+                        let active = next.active.clone();
+                        let found = next
+                            .history
+                            .iter()
+                            .rev()
+                            .find(|v| Some(*v) != active.as_ref() && next.has(v))
+                            .cloned();
+                        found.ok_or_else(|| {
+                            Refusal::Conflict("no earlier version to roll back to".into())
+                        })?
+                    }
+                };
+                // Back means back: the version rolled back from is not pushed as the
+                // "previous" one, so two rollbacks in a row go two steps back.
+                next.active = Some(target.clone());
+                if let Some(pos) = next.history.iter().rposition(|v| *v == target) {
+                    next.history.truncate(pos);
+                }
+                if next.canary.as_ref().is_some_and(|c| c.version == target) {
+                    next.canary = None;
+                }
+            }
+            Change::Delete { version } => {
+                next.need(version)?;
+                if next.serving().any(|v| v == version) {
+                    return Err(Refusal::Conflict(format!(
+                        "{version} is serving (active or canary): activate or clear another first"
+                    )));
+                }
+                next.versions.retain(|v| v.version != *version);
+                next.history.retain(|v| v != version);
+            }
+        }
+        if next != *self {
+            next.revision = self.revision + 1;
+        }
+        Ok(next)
+    }
+}
+
+/// The canary's share: `bucket` (0–99) below the percent goes to the canary. Keyed votes
+/// use their key's hash, so a retry meets the version that judged it first; others use
+/// their id's random bits.
+pub fn bucket(seed: &[u8]) -> u8 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(seed);
+    let n = u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+    (n % 100) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(n: u8) -> VersionInfo {
+        VersionInfo {
+            version: format!("sha256:{n:02}"),
+            size: 1,
+            uploaded_at_micros: 1,
+            source: "api".into(),
+        }
+    }
+
+    fn v(n: u8) -> String {
+        info(n).version
+    }
+
+    fn add(s: &FunctionState, n: u8, activate: bool) -> FunctionState {
+        s.apply(&Change::Add {
+            info: info(n),
+            activate,
+        })
+        .expect("add")
+    }
+
+    #[test]
+    fn the_first_upload_is_active_and_later_ones_wait_to_be_activated() {
+        let s = add(&FunctionState::default(), 1, false);
+        assert_eq!(s.active, Some(v(1)));
+        let s = add(&s, 2, false);
+        assert_eq!(s.active, Some(v(1)));
+        assert_eq!(s.versions.len(), 2);
+        assert_eq!(s.revision, 2);
+        // The same upload again changes nothing.
+        assert_eq!(add(&s, 2, false), s);
+        let s = add(&s, 2, true);
+        assert_eq!(s.active, Some(v(2)));
+        assert_eq!(s.history, vec![v(1)]);
+    }
+
+    #[test]
+    fn canary_promote_and_rollback() {
+        let s = add(&add(&FunctionState::default(), 1, false), 2, false);
+        let s = s
+            .apply(&Change::SetCanary {
+                version: v(2),
+                percent: 10,
+            })
+            .unwrap();
+        assert_eq!(s.serving().collect::<Vec<_>>(), vec![v(1), v(2)]);
+        // Promoting the canary ends it.
+        let s = s.apply(&Change::Activate { version: v(2) }).unwrap();
+        assert_eq!(s.canary, None);
+        assert_eq!(s.active, Some(v(2)));
+        let s = add(&s, 3, true);
+        // Two rollbacks go two steps back, and there is no third.
+        let s = s.apply(&Change::Rollback { version: None }).unwrap();
+        assert_eq!(s.active, Some(v(2)));
+        let s = s.apply(&Change::Rollback { version: None }).unwrap();
+        assert_eq!(s.active, Some(v(1)));
+        assert!(matches!(
+            s.apply(&Change::Rollback { version: None }),
+            Err(Refusal::Conflict(_))
+        ));
+        // To a named version, forwards too.
+        let s = s
+            .apply(&Change::Rollback {
+                version: Some(v(3)),
+            })
+            .unwrap();
+        assert_eq!(s.active, Some(v(3)));
+    }
+
+    #[test]
+    fn refusals_change_nothing_and_name_the_problem() {
+        let s = add(&add(&FunctionState::default(), 1, false), 2, false);
+        let cases = [
+            (Change::Activate { version: v(9) }, 404),
+            (
+                Change::SetCanary {
+                    version: v(2),
+                    percent: 0,
+                },
+                422,
+            ),
+            (
+                Change::SetCanary {
+                    version: v(2),
+                    percent: 100,
+                },
+                422,
+            ),
+            (
+                Change::SetCanary {
+                    version: v(1),
+                    percent: 5,
+                },
+                409,
+            ),
+            (Change::Delete { version: v(1) }, 409),
+            (Change::Delete { version: v(9) }, 404),
+        ];
+        for (change, status) in cases {
+            let e = s.apply(&change).expect_err("refused");
+            assert_eq!(e.status(), status, "{change:?}: {e}");
+        }
+        let s = s.apply(&Change::Delete { version: v(2) }).unwrap();
+        assert_eq!(s.versions.len(), 1);
+    }
+
+    #[test]
+    fn a_function_keeps_at_most_max_versions() {
+        let mut s = FunctionState::default();
+        for n in 0..MAX_VERSIONS as u8 {
+            s = add(&s, n, false);
+        }
+        let e = s
+            .apply(&Change::Add {
+                info: info(200),
+                activate: false,
+            })
+            .expect_err("full");
+        assert_eq!(e.status(), 409);
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket(b"key-1"), bucket(b"key-1"));
+        let mut counts = [0u32; 10];
+        for i in 0..10_000 {
+            counts[(bucket(format!("k{i}").as_bytes()) / 10) as usize] += 1;
+        }
+        // Each tenth gets 1,000 ± 15 %.
+        assert!(
+            counts.iter().all(|&c| (850..=1150).contains(&c)),
+            "{counts:?}"
+        );
+    }
+}
