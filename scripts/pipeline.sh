@@ -24,7 +24,7 @@ profile=${URNA_PROFILE:-release}
 bin=$root/target/$profile
 o=${URNA_PORT_OFFSET:-0}
 api_port=$((8080 + o)) wasm_port=$((8081 + o)) grpc_port=$((8082 + o)) locust_port=$((8089 + o))
-grpc_server_port=$((50051 + o)) grpc_metrics_port=$((9110 + o))
+grpc_server_port=$((50051 + o)) grpc_metrics_port=$((9110 + o)) admin_port=$((8091 + o))
 member_ports=($((9101 + o)) $((9102 + o)))
 load_seconds=${LOAD_SECONDS:-60}
 load_rate=${LOAD_RATE:-100}
@@ -130,6 +130,16 @@ stdout_logfile_backups=2
 EOF
 }
 
+# The Wasm host's admin API token, made once per stack (0600; `make down` keeps it).
+admin_token() {
+  local file=$RUN_DIR/admin-token
+  if [[ ! -s $file ]]; then
+    mkdir -p "$RUN_DIR"
+    (umask 077; od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$file")
+  fi
+  cat "$file"
+}
+
 write_services_conf() {
   mkdir -p "$(dirname "$services_conf")"
   # The stack's addresses (stack/lib/common.sh; URNA_*_PORT override them).
@@ -140,7 +150,7 @@ write_services_conf() {
     local programs=("${services[@]}")
     [[ ${LOCUST_UI:-0} == 1 ]] && programs+=(locust)
     echo "programs=$(IFS=,; echo "${programs[*]}")"
-    program wasm-host 100 "URNA_LISTEN=\"127.0.0.1:$wasm_port\",URNA_MODULE_DIR=\"$module_dir\",URNA_WASM_RUNTIME=\"$wasm_runtime\"$wasm_env" "$bin/urna-host"
+    program wasm-host 100 "URNA_LISTEN=\"127.0.0.1:$wasm_port\",URNA_FUNCTION_STORE=\"redis\",URNA_ADMIN_LISTEN=\"127.0.0.1:$admin_port\",URNA_ADMIN_TOKEN=\"$(admin_token)\",URNA_MODULE_DIR=\"$module_dir\",URNA_WASM_RUNTIME=\"$wasm_runtime\"$wasm_env" "$bin/urna-host"
     program grpc-server 100 "URNA_GRPC_LISTEN=\"127.0.0.1:$grpc_server_port\",URNA_METRICS_LISTEN=\"127.0.0.1:$grpc_metrics_port\"" "$bin/urna-grpc-server"
     program grpc-client 110 "URNA_LISTEN=\"127.0.0.1:$grpc_port\",URNA_GRPC_SERVER_URL=\"http://127.0.0.1:$grpc_server_port\"" "$bin/urna-grpc-client"
     program consumer-1 100 "URNA_LISTEN=\"127.0.0.1:${member_ports[0]}\",URNA_MEMBER_NAME=\"consumer-1\"" "$bin/urna-consumer"
@@ -196,6 +206,7 @@ where_to_look() {
   say "logs API /api/logs, results /api/results, race /api/race (same port)"
   say "metrics: Wasm producer :$wasm_port/metrics, gRPC front :$grpc_port/metrics, gRPC server :$grpc_metrics_port/metrics,"
   say "         consumers :${member_ports[0]}/metrics :${member_ports[1]}/metrics, API :$api_port/metrics"
+  say "vote functions (deploy, canary, rollback): URNA_ADMIN_URL=http://127.0.0.1:$admin_port URNA_ADMIN_TOKEN=\$(cat $RUN_DIR/admin-token) $bin/urna-host functions list"
   say "services: stack/ctl.sh status; logs: $LOG_DIR/<service>.log"
 }
 
