@@ -90,7 +90,9 @@ pub struct Settings {
     /// `URNA_FUNCTION_STORE`: where functions and versions live: `memory` (this host
     /// only, gone at exit) or `redis` (`URNA_REDIS_URL`: shared by every replica).
     pub function_store: String,
-    /// `URNA_FUNCTION_STORE_PREFIX`: the Redis keys' prefix.
+    /// `URNA_FUNCTION_STORE_PREFIX`: the Redis keys' prefix; empty (the default):
+    /// `<URNA_REDIS_PREFIX>:functions`, so a pipeline with its own prefix has its own
+    /// functions.
     pub function_store_prefix: String,
     /// `URNA_FUNCTION_SYNC_MS`: how often a replica polls the store for changes.
     pub function_sync_ms: u64,
@@ -123,7 +125,7 @@ impl Default for Settings {
             wasm_keep_resident_kb: 1024,
             wasm_deploy_trial: true,
             function_store: "memory".into(),
-            function_store_prefix: "urna:functions".into(),
+            function_store_prefix: String::new(),
             function_sync_ms: 1_000,
             function_max_module_bytes: 8 << 20,
             admin_listen: "127.0.0.1:8091".into(),
@@ -197,7 +199,12 @@ impl Settings {
     pub fn function_store(&self) -> functions::store::Store {
         match self.function_store.as_str() {
             "redis" => {
-                functions::store::Store::redis(&self.http.redis_url, &self.function_store_prefix)
+                let prefix = if self.function_store_prefix.is_empty() {
+                    format!("{}:functions", self.http.redis_prefix)
+                } else {
+                    self.function_store_prefix.clone()
+                };
+                functions::store::Store::redis(&self.http.redis_url, &prefix)
             }
             _ => functions::store::Store::memory(),
         }

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use urna_vote::FunctionName;
 
 use super::deploy::Origin;
-use super::state::Change;
+use super::state::{Change, Refusal};
 use super::{ChangeError, Functions};
 
 /// Body limit of the JSON requests.
@@ -131,12 +131,18 @@ fn change_error(e: ChangeError) -> Response {
             None,
             Some(r.stage),
         ),
-        ChangeError::Refusal(r) => error(
-            StatusCode::from_u16(r.status()).unwrap_or(StatusCode::CONFLICT),
-            &r.to_string(),
-            Some("version"),
-            None,
-        ),
+        ChangeError::Refusal(r) => {
+            let field = match r {
+                Refusal::Invalid(_) => "percent",
+                _ => "version",
+            };
+            error(
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::CONFLICT),
+                &r.to_string(),
+                Some(field),
+                None,
+            )
+        }
         ChangeError::Store(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), None, None),
     }
 }

@@ -89,7 +89,12 @@ pub fn check(
     let started = Instant::now();
     let module = runtime.load(bytes).map_err(|e| Refused {
         stage: "load",
-        reason: e.to_string(),
+        // One line: some parser errors are multi-line debug dumps.
+        reason: e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     })?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let started = Instant::now();

@@ -216,7 +216,17 @@ impl Functions {
         activate: bool,
         origin: Origin,
     ) -> Result<Uploaded, ChangeError> {
-        let checked = self.check(bytes.clone(), origin).await?;
+        let checked = match self.check(bytes.clone(), origin).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                metrics::counter!("urna_function_changes_total", "action" => "upload",
+                    "outcome" => "refused")
+                .increment(1);
+                tracing::warn!(target: "urna::audit", %function, action = "upload", outcome = "refused",
+                    size = bytes.len(), error = %e, "function change");
+                return Err(e);
+            }
+        };
         self.record_checked(function, checked, &bytes, activate, origin)
             .await
     }

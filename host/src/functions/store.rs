@@ -2,7 +2,7 @@
 //! Redis (`redis`: shared by every replica, durable as the Redis is; see
 //! docs/architecture.md "Vote functions").
 //!
-//! Redis keys, under `URNA_FUNCTION_STORE_PREFIX` (`urna:functions`):
+//! Redis keys, under `URNA_FUNCTION_STORE_PREFIX` (default `<URNA_REDIS_PREFIX>:functions`):
 //! - `<p>:state:<name>`: the function's [`FunctionState`] as JSON;
 //! - `<p>:module:<name>:<hex>`: a version's module bytes (content-addressed);
 //! - `<p>:names`: the set of function names; `<p>:revision`: +1 per change, what replicas

@@ -588,3 +588,84 @@ async fn versions_survive_a_restart_and_replicas_converge() {
     b.stop().await;
     clear_prefix(&prefix).await;
 }
+
+/// `urna-host functions …` against a host's admin API: exit 0 with the API's JSON, exit 1
+/// with its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_and_says_why_a_change_is_refused() {
+    let brokers = brokers();
+    let topic = urna_testkit::kafka::fresh_topic(&brokers, "fn-cli", 3).await;
+    let host = TestHost::start_with(&real_module(), |dir| with_admin(dir, &brokers, &topic)).await;
+    let module = host.dir.0.join("cli.wasm");
+    std::fs::write(&module, go_module()).unwrap();
+    let admin_url = host.admin.clone().unwrap();
+    let cli = move |args: Vec<String>, token: &'static str| {
+        let admin_url = admin_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_urna-host"))
+                .arg("functions")
+                .args(args)
+                .env("URNA_ADMIN_URL", admin_url)
+                .env("URNA_ADMIN_TOKEN", token)
+                .output()
+                .expect("run the CLI");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let go = version_of(&go_module());
+    let path = module.display().to_string();
+    let (code, out, err) = cli(args(&["deploy", "cli-fn", &path, "--activate"]), TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let uploaded: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(uploaded["version"], go.as_str());
+    assert_eq!(uploaded["created"], true);
+    let (status, body) = post_vote(
+        &reqwest::Client::new(),
+        &format!("{}/functions/cli-fn", host.base),
+        VOTE,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    // Refused changes: exit 1, the API's reason on stderr.
+    let (code, _, err) = cli(args(&["rollback", "cli-fn"]), TOKEN).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("409") && err.contains("no earlier version"),
+        "{err}"
+    );
+    let (code, _, err) = cli(args(&["list"]), "wrong-token-0123456789")
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+    let (code, out, _) = cli(args(&["list"]), TOKEN).await.unwrap();
+    assert_eq!(code, Some(0));
+    let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<&str> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli-fn", "default"]);
+    // A function name that cannot be one: 404 on the votes port, naming the rule.
+    let (status, body) = post_vote(
+        &reqwest::Client::new(),
+        &format!("{}/functions/Not_A_Name", host.base),
+        VOTE,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("[a-z0-9-]"),
+        "{body}"
+    );
+    host.stop().await;
+}
