@@ -222,6 +222,26 @@ def test_host_runs_wasmedge_aot_by_default_and_wasmtime_by_value():
     assert wasmtime["URNA_WASM_RUNTIME"] == "wasmtime" and "URNA_WASMEDGE_RUN_MODE" not in wasmtime
 
 
+def test_host_replicas_share_redis_functions_and_the_admin_api_is_off_or_pod_only():
+    def host(*args):
+        objects = chart.template(*args)
+        pod = chart.one(objects, "Deployment", "urna-host")["spec"]["template"]["spec"]["containers"][0]
+        return objects, {e["name"]: e for e in pod["env"]}, {p["name"]: p["containerPort"] for p in pod["ports"]}
+    _, env, ports = host()
+    assert env["URNA_FUNCTION_STORE"]["value"] == "redis"
+    assert "URNA_ADMIN_TOKEN" not in env and "admin" not in ports
+    objects, env, ports = host("--set", "host.admin.tokenSecret=urna-host-admin")
+    assert env["URNA_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "urna-host-admin", "key": "token"}
+    assert env["URNA_ADMIN_LISTEN"]["value"] == "0.0.0.0:8091" and ports["admin"] == 8091
+    # Never exposed: no Service or Ingress reaches the admin port.
+    for svc in chart.by_kind(objects, "Service"):
+        assert all(p.get("targetPort") != "admin" and p["port"] != 8091 for p in svc["spec"]["ports"]), svc["metadata"]
+    for ing in chart.by_kind(objects, "Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["port"] != {"number": 8091}
+
+
 def test_images_come_from_values():
     objects = chart.template("--set", "global.image.namespace=someone", "--set", "global.image.tag=abc123",
                              "--set", "consumer.image.tag=pinned")
