@@ -387,19 +387,8 @@ fn the_real_module_fits_the_allowlist() {
 
 #[test]
 fn modules_that_do_not_fit_the_abi_are_refused() {
-    let no_handle = wat::parse_str(
-        r#"(module (memory (export "memory") 1)
-             (func (export "urna_abi_version") (result i32) (i32.const 1))
-             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
-    let wrong_signature = wat::parse_str(
-        r#"(module (memory (export "memory") 1)
-             (func (export "urna_abi_version") (result i32) (i32.const 1))
-             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0))
-             (func (export "urna_handle_vote") (param i32 i32) (result i64) (i64.const 0)))"#,
-    )
-    .unwrap();
+    let no_handle = no_handle_module();
+    let wrong_signature = wrong_signature_module();
     let foreign_import = wat::parse_str(
         r#"(module (import "env" "now" (func (result i64))) (memory (export "memory") 1)
              (func (export "urna_abi_version") (result i32) (i32.const 1)))"#,

@@ -168,19 +168,8 @@ async fn hostile_uploads_are_refused_with_their_reason_and_change_nothing() {
         assert_eq!(status, 401, "{auth:?}: {body}");
         assert_eq!(body["field"], "Authorization");
     }
-    let no_handle = wat::parse_str(
-        r#"(module (memory (export "memory") 1)
-             (func (export "urna_abi_version") (result i32) (i32.const 1))
-             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0)))"#,
-    )
-    .unwrap();
-    let wrong_signature = wat::parse_str(
-        r#"(module (memory (export "memory") 1)
-             (func (export "urna_abi_version") (result i32) (i32.const 1))
-             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0))
-             (func (export "urna_handle_vote") (param i32 i32) (result i64) (i64.const 0)))"#,
-    )
-    .unwrap();
+    let no_handle = no_handle_module();
+    let wrong_signature = wrong_signature_module();
     let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
         (
             "fd_read",

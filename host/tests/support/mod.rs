@@ -125,6 +125,27 @@ pub fn wat_module(abi: i32, extra: &str, handle: &str) -> Vec<u8> {
     wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// An ABI v1 module without `urna_handle_vote`.
+pub fn no_handle_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "urna_abi_version") (result i32) (i32.const 1))
+             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap()
+}
+
+/// An ABI v1 module whose `urna_handle_vote` takes two arguments instead of five.
+pub fn wrong_signature_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "urna_abi_version") (result i32) (i32.const 1))
+             (func (export "urna_alloc") (param i32) (result i32) (i32.const 0))
+             (func (export "urna_handle_vote") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap()
+}
+
 /// Answers every vote with 422 "voting is closed": the other behaviour for hot reload.
 pub fn closed_module() -> Vec<u8> {
     wat_module(1, "", "")
