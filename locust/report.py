@@ -498,12 +498,16 @@ def write_report(run: Run, files: dict[str, str], img_rel: str, html_rel: str | 
       "or leaks memory is stopped per request (CPU budget, memory cap; host/README.md) and cannot touch the host or "
       "another vote. gRPC isolates by process (and pod): stronger against native-code bugs, at the price of the hop "
       "measured above. Untrusted or third-party vote rules fit Wasm; trusted, team-owned services fit gRPC.")
-    w("- **Hot reload.** The Wasm host swaps modules from a directory without a restart (checked before the swap, "
-      "the old one keeps serving a broken file); the gRPC server needs a rollout. Logic that changes often "
-      "(ballot rules per contest) fits Wasm.")
+    w("- **Deploys.** The Wasm host takes new versions of a vote function at run time over its admin API — checked "
+      "(allow-list, ABI, deploy trial) before they serve, with a canary percentage and an instant rollback, shared "
+      "by every replica (host/README.md, \"Vote functions\"); the gRPC server needs a rollout. Logic that changes "
+      "often (ballot rules per contest) fits Wasm.")
     w("- **Polyglot modules.** Any language that targets `wasm32-wasip1` can supply the logic behind one ABI; with "
-      "gRPC, any language can supply a *service* behind one `.proto`. gRPC fits when the other side is a service "
-      "with its own state, scaling and team; Wasm when it is a function embedded in the request path.")
+      "gRPC, any language can supply a *service* behind one `.proto`. The language matters for Wasm: the Go module "
+      "(same ABI, same answers) costs about 10× the Rust module per vote in a fresh instance, most of it the Go "
+      "runtime's start in every instance (`make bench`, \"go total\" vs \"rust total\", docs/benchmarks.md) — a "
+      "fresh-instance platform favours languages without a runtime to boot. gRPC fits when the other side is a "
+      "service with its own state, scaling and team; Wasm when it is a function embedded in the request path.")
     w("- **Cold start.** A Wasm module is compiled once when loaded and then instantiated per request in "
       f"{fmt((wl.get('wasm_instantiate') or {}).get('median'), 0)} µs (Figure 3); a new gRPC server is a process "
       "start plus a connection. Process start and module compilation are not measured in this run; what is measured "
