@@ -505,7 +505,7 @@ def write_report(run: Run, files: dict[str, str], img_rel: str, html_rel: str | 
     w("- **Polyglot modules.** Any language that targets `wasm32-wasip1` can supply the logic behind one ABI; with "
       "gRPC, any language can supply a *service* behind one `.proto`. The language matters for Wasm: the Go module "
       "(same ABI, same answers) costs about 10× the Rust module per vote in a fresh instance, most of it the Go "
-      "runtime's start in every instance (`make bench`, \"go total\" vs \"rust total\", docs/benchmarks.md) — a "
+      "runtime's start in every instance (`make bench`, wasm stage: \"go total\" vs \"rust total\"; host/README.md) — a "
       "fresh-instance platform favours languages without a runtime to boot. gRPC fits when the other side is a "
       "service with its own state, scaling and team; Wasm when it is a function embedded in the request path.")
     w("- **Cold start.** A Wasm module is compiled once when loaded and then instantiated per request in "
