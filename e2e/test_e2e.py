@@ -234,8 +234,11 @@ def test_a_sink_stopped_and_restarted(pipeline, stack, service):
     record = drive(pipeline, faults)
     if service == "redis":
         # Redis is also the producers' idempotency store: keyed votes get 503 + Retry-After
-        # while it is away (and nothing else), then go through.
-        assert record.statuses[503] > 0 and set(record.statuses) <= {202, 503}, record.statuses
+        # while it is away, then go through. A key whose claim Redis wrote (and kept) as it
+        # went down, answered 503 because the reply never came, finds its entry pending on
+        # the retry: 409 + Retry-After until the claim can be taken over (request deadline
+        # + 5 s). Seen in a clean-clone CI run: 13 of 1,200 keys.
+        assert record.statuses[503] > 0 and set(record.statuses) <= {202, 409, 503}, record.statuses
     else:
         assert record.retries == 0, "the producers do not need MongoDB: %s" % record.statuses
     assert_exact(pipeline, record, "%s stopped 6 s" % ("Redis" if service == "redis" else "MongoDB"))

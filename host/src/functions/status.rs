@@ -1,0 +1,61 @@
+//! What the admin API reports per function: the store's state and what this replica
+//! serves.
+
+use serde::Serialize;
+use urna_vote::FunctionName;
+
+use super::state::FunctionState;
+use super::store::StoreError;
+use super::{Functions, lock};
+
+/// A replica's view of one function, for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStatus {
+    pub name: FunctionName,
+    #[serde(flatten)]
+    pub state: FunctionState,
+    /// What this replica serves now.
+    pub serving_here: ServingHere,
+    /// Why this replica does not serve what the store says, if it does not.
+    pub sync_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServingHere {
+    pub active: Option<String>,
+    pub canary: Option<String>,
+    pub canary_percent: Option<u8>,
+}
+
+impl Functions {
+    /// Every function: the store's state and what this replica serves.
+    pub async fn status(&self) -> Result<Vec<FunctionStatus>, StoreError> {
+        let all = self.store.load_all().await?;
+        let table = self.table.load();
+        let errors = lock(&self.sync_errors).clone();
+        let mut names: Vec<FunctionName> = all.keys().cloned().collect();
+        for name in table.keys() {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let serving = table.get(&name);
+                FunctionStatus {
+                    state: all.get(&name).cloned().unwrap_or_default(),
+                    serving_here: ServingHere {
+                        active: serving.map(|s| s.active.fingerprint.clone()),
+                        canary: serving
+                            .and_then(|s| s.canary.as_ref().map(|c| c.0.fingerprint.clone())),
+                        canary_percent: serving.and_then(|s| s.canary.as_ref().map(|c| c.1)),
+                    },
+                    sync_error: errors.get(&name).cloned(),
+                    name,
+                }
+            })
+            .collect())
+    }
+}
