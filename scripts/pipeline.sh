@@ -44,8 +44,8 @@ wasmedge_home() {
   done
 }
 
-# The Wasm producer runs on WasmEdge (AOT-compiled modules) when WasmEdge is installed,
-# else on wasmtime.
+# The Wasm producer runs on WasmEdge when WasmEdge is installed (the host AOT-compiles
+# each module itself), else on wasmtime.
 wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm wasm_env=""
 pick_wasm_runtime() {
   local wasmedge; wasmedge=$(wasmedge_home)
@@ -53,7 +53,6 @@ pick_wasm_runtime() {
     export WASMEDGE_DIR=$wasmedge
     export LD_LIBRARY_PATH=$wasmedge/lib:$wasmedge/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     wasm_runtime=wasmedge host_features=(--features urna-host/wasmedge)
-    module_dir=$root/target/wasm32-wasip1/wasmedge-aot
     wasm_env=",LD_LIBRARY_PATH=\"$LD_LIBRARY_PATH\""
     say "WasmEdge found in $wasmedge: the Wasm producer will run on WasmEdge (AOT)"
   else
@@ -94,15 +93,6 @@ build() {
     (cd ui/web && npm ci --no-audit --no-fund)
   fi
   (cd ui/web && npm run -s build)
-  if [[ $wasm_runtime == wasmedge ]]; then
-    # WasmEdge >= 0.17 interprets unless it runs in AOT mode with AOT-compiled code: the
-    # host picks AOT for a module that carries it (URNA_WASMEDGE_RUN_MODE=auto).
-    mkdir -p "$module_dir"
-    "$WASMEDGE_DIR/bin/wasmedge" compile "$root/target/wasm32-wasip1/wasm/vote_module.wasm" \
-      "$module_dir/vote_module.wasm.tmp"
-    mv "$module_dir/vote_module.wasm.tmp" "$module_dir/vote_module.wasm"
-    say "vote_module.wasm AOT-compiled into $module_dir"
-  fi
 }
 
 # One supervisord program: name, priority, environment (KEY="value",...), binary.

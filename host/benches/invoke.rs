@@ -104,7 +104,7 @@ fn main() {
     let modules: Vec<_> = limits
         .iter()
         .map(|l| {
-            let rt = runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap();
+            let rt = runtime::by_name(&runtime_name, *l, RunMode::Aot).unwrap();
             let compile = Instant::now();
             let module = rt.load(&bytes).unwrap();
             (module, compile.elapsed())
@@ -175,7 +175,7 @@ fn main() {
     let go_path = module_path().with_file_name("vote_go.wasm");
     let go_bytes = std::fs::read(&go_path)
         .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", go_path.display()));
-    let go_rt = runtime::by_name(&runtime_name, after_limits, RunMode::Auto).unwrap();
+    let go_rt = runtime::by_name(&runtime_name, after_limits, RunMode::Aot).unwrap();
     let go_compile = Instant::now();
     let go = go_rt.load(&go_bytes).unwrap();
     println!(
@@ -218,8 +218,8 @@ fn main() {
             let dir = std::env::temp_dir().join(format!("urna-bench-{}-{k}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
-            let engine = runtime::by_name(&runtime_name, *l, RunMode::Auto).unwrap();
-            let slot =
+            let engine = runtime::by_name(&runtime_name, *l, RunMode::Aot).unwrap();
+            let (slot, _) =
                 urna_host::ModuleSlot::load(engine.clone(), dir.join(urna_host::MODULE_FILE), true)
                     .unwrap();
             let functions = Arc::new(urna_host::Functions::new(

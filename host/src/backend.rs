@@ -34,14 +34,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use urna_common::deadline::Deadline;
 use urna_common::kafka::VotePublisher;
 use urna_common::producer_http::{Accepted, CastError, VoteBackend};
 use urna_common::stamp::Stamp;
 use urna_vote::{FunctionName, IdempotencyKey};
 
-use crate::functions::Functions;
+use crate::functions::{Functions, Picked};
 use crate::module_health::ModuleHealth;
 use crate::runtime::{Invocation, InvokeError, InvokeErrorKind, ModuleOutput, decode_output};
 
@@ -120,6 +120,34 @@ impl WasmBackend {
         &self.functions
     }
 
+    /// A slot of `slots` (the host's, or `function`'s own) by `until`, else 503.
+    async fn slot(
+        &self,
+        slots: Arc<Semaphore>,
+        until: tokio::time::Instant,
+        function: Option<&FunctionName>,
+    ) -> Result<OwnedSemaphorePermit, CastError> {
+        match tokio::time::timeout_at(until, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(CastError::Internal("invocation slots closed".into())),
+            Err(_) => {
+                let runtime = self.functions.runtime_name();
+                let whose = function.map_or_else(
+                    || "no Wasm invocation slot".to_owned(),
+                    |f| format!("no invocation slot of function {f} (its max_instances)"),
+                );
+                metrics::counter!("urna_wasm_invocations_total",
+                    "runtime" => runtime, "outcome" => "no_slot",
+                    "function" => function.map_or_else(String::new, ToString::to_string))
+                .increment(1);
+                Err(CastError::Unavailable(format!(
+                    "{whose} became free within {} ms",
+                    self.slot_wait.as_millis()
+                )))
+            }
+        }
+    }
+
     /// Runs `function`'s version for this vote on one body in a fresh instance (no
     /// Kafka): the Wasm half of `cast`, also used by the benchmark. `key` decides the
     /// canary split when there is one (else the vote's id does).
@@ -135,27 +163,22 @@ impl WasmBackend {
             || stamp.id.as_bytes().to_vec(),
             |k| k.as_str().as_bytes().to_vec(),
         );
-        let Some(deployed) = self.functions.pick(function, &seed) else {
+        let Some(Picked { deployed, slots }) = self.functions.pick(function, &seed) else {
             return Err(CastError::UnknownFunction(format!(
                 "no function {function} is deployed"
             )));
         };
         let queued = Instant::now();
-        let permit =
-            match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => return Err(CastError::Internal("invocation slots closed".into())),
-                Err(_) => {
-                    let runtime = self.functions.runtime_name();
-                    metrics::counter!("urna_wasm_invocations_total",
-                    "runtime" => runtime, "outcome" => "no_slot")
-                    .increment(1);
-                    return Err(CastError::Unavailable(format!(
-                        "no Wasm invocation slot became free within {} ms",
-                        self.slot_wait.as_millis()
-                    )));
-                }
-            };
+        // One wait for both: the function's own slot (if it has a cap), then the host's.
+        let wait_until = tokio::time::Instant::now() + self.slot_wait;
+        let function_permit = match slots {
+            Some(slots) => Some(self.slot(slots, wait_until, Some(function)).await?),
+            None => None,
+        };
+        let permit = (
+            function_permit,
+            self.slot(self.slots.clone(), wait_until, None).await?,
+        );
         let generation = self.functions.generation();
         let version = deployed.fingerprint.clone();
         let version_label = Functions::label(&version);

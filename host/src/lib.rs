@@ -62,8 +62,8 @@ pub struct Settings {
     pub module_poll_ms: u64,
     /// `URNA_WASM_RUNTIME`: `wasmtime` (default) or `wasmedge` (needs the feature).
     pub wasm_runtime: String,
-    /// `URNA_WASMEDGE_RUN_MODE`: `auto` (AOT when the module carries AOT code, else the
-    /// interpreter), `aot`, `interpreter` or `jit`. WasmEdge only.
+    /// `URNA_WASMEDGE_RUN_MODE`: `aot` (the host compiles every module itself; native
+    /// code inside a module never runs), `interpreter` or `jit`. WasmEdge only.
     pub wasmedge_run_mode: runtime::RunMode,
     /// `URNA_WASM_CPU_BUDGET_MS`: CPU time one invocation (instantiate + run) may use;
     /// a module that uses it is stopped and answered 500 (its fault).
@@ -116,7 +116,7 @@ impl Default for Settings {
             module_dir: PathBuf::from("target/wasm32-wasip1/wasm"),
             module_poll_ms: 500,
             wasm_runtime: "wasmtime".into(),
-            wasmedge_run_mode: runtime::RunMode::Auto,
+            wasmedge_run_mode: runtime::RunMode::Aot,
             wasm_cpu_budget_ms: 100,
             wasm_wall_limit_ms: 1_000,
             wasm_slot_wait_ms: 500,
@@ -248,14 +248,21 @@ impl Host {
         settings.validate()?;
         let limits = settings.limits();
         let runtime = runtime::by_name(&settings.wasm_runtime, limits, settings.wasmedge_run_mode)?;
+        tracing::info!(
+            runtime = runtime.name(),
+            run_mode = runtime.run_mode(),
+            "Wasm runtime ready"
+        );
+        metrics::gauge!("urna_wasm_runtime_info", "runtime" => runtime.name(), "run_mode" => runtime.run_mode())
+            .set(1.0);
         let path = settings.module_path();
         let trial = settings.wasm_deploy_trial;
         let loader = runtime.clone();
-        let modules = tokio::task::spawn_blocking(move || ModuleSlot::load(loader, path, trial))
-            .await
-            .context("module loader")??;
+        let (modules, file_bytes) =
+            tokio::task::spawn_blocking(move || ModuleSlot::load(loader, path, trial))
+                .await
+                .context("module loader")??;
         let modules = Arc::new(modules);
-        let file_bytes = std::fs::read(settings.module_path()).context("module file")?;
         let functions = Arc::new(Functions::new(
             runtime,
             settings.function_store(),

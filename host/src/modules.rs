@@ -93,12 +93,13 @@ fn fingerprint(bytes: &[u8]) -> String {
 
 impl ModuleSlot {
     /// Loads the module at `path`; fails (the host does not start) if it is missing or
-    /// does not pass the ABI check or (with `trial`) the deploy trial.
+    /// does not pass the ABI check or (with `trial`) the deploy trial. Also returns the
+    /// bytes it loaded (the function store's seed).
     pub fn load(
         runtime: Arc<dyn Runtime>,
         path: PathBuf,
         trial: bool,
-    ) -> anyhow::Result<ModuleSlot> {
+    ) -> anyhow::Result<(ModuleSlot, Vec<u8>)> {
         let stamp = FileStamp::of(&path).map_err(|e| {
             anyhow::anyhow!(
                 "vote module {}: {e} (build it with `make modules`, or set URNA_MODULE_DIR)",
@@ -130,7 +131,7 @@ impl ModuleSlot {
             "vote module loaded"
         );
         record_load("loaded", &deployed);
-        Ok(ModuleSlot {
+        let slot = ModuleSlot {
             runtime,
             on_new: std::sync::OnceLock::new(),
             trial,
@@ -139,7 +140,8 @@ impl ModuleSlot {
             last_seen: Mutex::new(Some(stamp)),
             refused: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
-        })
+        };
+        Ok((slot, bytes))
     }
 
     /// Sets what happens to a changed file that passed the checks (once).

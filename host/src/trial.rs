@@ -174,6 +174,114 @@ pub fn run(module: &dyn VoteModule) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::{Invocation, Limits, LoadError};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The real vote logic in the ABI's output format, with one lie told on the cases
+    /// `lie` picks: what a module that passes everything else could do.
+    struct Lying {
+        lie: fn(&[u8], uuid::Uuid, i64) -> Option<urna_vote::VoteRecord>,
+    }
+
+    impl VoteModule for Lying {
+        fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, at: i64) -> Invocation {
+            let ballot = Ballot::builtin();
+            let accepted = |record: urna_vote::VoteRecord| {
+                let mut out = vec![0];
+                prost::Message::encode(&record, &mut out).expect("encode");
+                out
+            };
+            let out = match (
+                (self.lie)(body, id, at),
+                urna_vote::handle(body, &ballot, id, Source::Wasm, at),
+            ) {
+                (Some(lie), _) => accepted(lie),
+                (None, Ok(record)) => accepted(record),
+                (None, Err(e)) => [
+                    &[1][..],
+                    &e.status().to_be_bytes(),
+                    e.body_json().as_bytes(),
+                ]
+                .concat(),
+            };
+            Invocation {
+                result: Ok(out),
+                instantiate: Duration::ZERO,
+                run: Duration::ZERO,
+                cpu: Duration::ZERO,
+            }
+        }
+
+        fn limits(&self) -> Limits {
+            Limits {
+                cpu_budget: Duration::from_millis(100),
+                wall_limit: Duration::from_secs(1),
+                memory_bytes: 16 << 20,
+                max_instances: 1,
+                keep_resident_bytes: 0,
+            }
+        }
+
+        fn with_limits(&self, _: Limits) -> Result<Arc<dyn VoteModule>, LoadError> {
+            Ok(Arc::new(Lying { lie: self.lie }))
+        }
+    }
+
+    /// A record of the ballot's first album with `rank`, as the logic would write it.
+    fn record_with_rank(id: uuid::Uuid, at: i64, rank: u32) -> urna_vote::VoteRecord {
+        let ballot = Ballot::builtin();
+        let (band, album) = (&ballot.bands()[0], &ballot.bands()[0].albums[0]);
+        let body = format!(
+            r#"{{"name":"{}","album":"{}","year":{},"rank":4}}"#,
+            band.name, album.title, album.year
+        );
+        let mut record =
+            urna_vote::handle(body.as_bytes(), &ballot, id, Source::Wasm, at).expect("valid");
+        record.rank = rank;
+        record
+    }
+
+    #[test]
+    fn a_module_that_accepts_an_invalid_vote_or_writes_rank_0_is_refused_naming_the_case() {
+        let honest = Lying {
+            lie: |_, _, _| None,
+        };
+        assert_eq!(run(&honest), Ok(()), "control: the real logic passes");
+
+        // Takes an album of another band as a valid vote (a well-formed, ballot-true
+        // record of the first band's album).
+        let other_band = Lying {
+            lie: |body, id, at| {
+                let other = &Ballot::builtin().bands()[1].albums[0].title;
+                std::str::from_utf8(body)
+                    .is_ok_and(|b| {
+                        b.contains(&**other) && !b.contains(Ballot::builtin().bands()[1].name)
+                    })
+                    .then(|| record_with_rank(id, at, 4))
+            },
+        };
+        assert_eq!(
+            run(&other_band),
+            Err(
+                "deploy trial, album of another band: accepted, the vote logic answers 422 (album)"
+                    .into()
+            )
+        );
+
+        // Accepts "rank 0" and writes rank 0 into the record: the host's record check
+        // refuses the record before the trial compares it.
+        let rank_zero = Lying {
+            lie: |body, id, at| {
+                std::str::from_utf8(body)
+                    .is_ok_and(|b| b.ends_with(r#""rank":0}"#))
+                    .then(|| record_with_rank(id, at, 0))
+            },
+        };
+        let refused = run(&rank_zero).expect_err("rank 0");
+        assert!(refused.starts_with("deploy trial, rank 0: "), "{refused}");
+        assert!(refused.contains("rank"), "{refused}");
+    }
 
     /// Every valid case is valid and every bad one bad by the vote logic itself, so the
     /// trial asks something a wrong module can fail both ways.

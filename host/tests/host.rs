@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the report
 
 mod functions;
+mod native_code;
 mod support;
 
 use std::collections::BTreeMap;

@@ -13,6 +13,7 @@
 //! | `DELETE /v1/functions/{name}/canary` | ends the canary |
 //! | `POST /v1/functions/{name}/rollback` `{}` or `{"version"}` | back to the previous (or a named) version |
 //! | `DELETE /v1/functions/{name}/versions/{version}` | forgets a version that is not serving |
+//! | `PUT /v1/functions/{name}/limits` `{"cpu_budget_ms", "wall_limit_ms", "memory_mb", "max_instances"}` (each optional) | the function's own limits, tighter than the host's (`{}`: the host's) |
 //! | `GET /v1/audit[?limit=N]` | the newest changes |
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use serde::Deserialize;
 use urna_vote::FunctionName;
 
 use super::deploy::Origin;
-use super::state::{Change, Refusal};
+use super::state::{Change, FunctionLimits, Refusal};
 use super::{ChangeError, Functions};
 
 /// Body limit of the JSON requests.
@@ -79,6 +80,7 @@ pub fn router(functions: Arc<Functions>, token: &str, max_module_bytes: usize) -
             put(set_canary).delete(clear_canary),
         )
         .route("/v1/functions/{name}/rollback", post(rollback))
+        .route("/v1/functions/{name}/limits", put(set_limits))
         .route("/v1/audit", get(audit))
         .method_not_allowed_fallback(|| async {
             error(
@@ -151,6 +153,7 @@ async fn list(State(admin): State<Arc<Admin>>) -> Response {
     match admin.functions.status().await {
         Ok(functions) => axum::Json(serde_json::json!({
             "runtime": admin.functions.runtime_name(),
+            "run_mode": admin.functions.run_mode(),
             "store": admin.functions.store_kind(),
             "functions": functions,
         }))
@@ -283,6 +286,34 @@ async fn apply(admin: &Admin, name: &str, change: Result<Change, Response>) -> R
         Err(r) => return r,
     };
     match admin.functions.change(&name, change).await {
+        Ok(state) => axum::Json(state).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+/// The function's limits, replaced as a whole (`{}` is the host's).
+async fn set_limits(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let name = match function(&name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let limits = match json_body::<FunctionLimits>(body).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    if admin.functions.serving(&name).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no function {name} is deployed"),
+            None,
+            None,
+        );
+    }
+    match admin.functions.set_limits(&name, limits).await {
         Ok(state) => axum::Json(state).into_response(),
         Err(e) => change_error(e),
     }

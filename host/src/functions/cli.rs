@@ -11,6 +11,8 @@ const USAGE: &str = "usage: urna-host functions <command>
   end-canary <name>                      stop the canary
   rollback <name> [<version>]            back to the previous (or a named) version
   delete <name> <version>                forget a version that is not serving
+  limits <name> [cpu_budget_ms=N] [wall_limit_ms=N] [memory_mb=N] [max_instances=N]
+                                         the function's own limits (none: the host's)
   audit [<limit>]                        the newest changes
 env: URNA_ADMIN_URL (http://127.0.0.1:8091), URNA_ADMIN_TOKEN";
 
@@ -64,6 +66,7 @@ async fn request(args: &[String]) -> Result<i32, String> {
             .post(f(name, "/rollback"))
             .json(&serde_json::json!({ "version": version })),
         ["delete", name, version] => http.delete(f(name, &format!("/versions/{version}"))),
+        ["limits", name, settings @ ..] => http.put(f(name, "/limits")).json(&limits(settings)?),
         ["audit"] => http.get(format!("{base}/v1/audit")),
         ["audit", limit] => http.get(format!("{base}/v1/audit?limit={limit}")),
         _ => return Err(USAGE.into()),
@@ -86,4 +89,19 @@ async fn request(args: &[String]) -> Result<i32, String> {
         eprintln!("{status}: {pretty}");
         Ok(1)
     }
+}
+
+/// `key=N` arguments as the limits body; the API names what it refuses.
+fn limits(settings: &[&str]) -> Result<serde_json::Value, String> {
+    let mut body = serde_json::Map::new();
+    for setting in settings {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("{setting:?} is not key=N\n{USAGE}"))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| format!("{key}: {value:?} is not a number"))?;
+        body.insert(key.to_owned(), n.into());
+    }
+    Ok(body.into())
 }

@@ -28,7 +28,7 @@ mod status;
 pub mod store;
 mod sync;
 
-pub use status::{FunctionStatus, ServingHere};
+pub use status::{EffectiveLimits, FunctionStatus, ServingHere};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,18 +38,32 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use urna_vote::FunctionName;
 
+use tokio::sync::Semaphore;
+
 use crate::modules::Deployed;
-use crate::runtime::Runtime;
+use crate::runtime::{Limits, Runtime};
 use deploy::{Checked, Origin, Refused};
-use state::{Change, FunctionState, Refusal, VersionInfo};
+use state::{Change, FunctionLimits, FunctionState, Refusal, VersionInfo};
 use store::{Store, StoreError};
 
 /// What one function serves on this replica.
 pub struct Serving {
     pub active: Arc<Deployed>,
     pub canary: Option<(Arc<Deployed>, u8)>,
+    /// What its versions run under: the host's limits, or the function's own tighter
+    /// ones ([`state::FunctionLimits`]).
+    pub limits: Limits,
+    /// The function's own invocation slots, when its `max_instances` is below the
+    /// host's (a vote takes one of these, then one of the host's).
+    pub slots: Option<Arc<Semaphore>>,
     /// The store state's revision this was built from (0: not from the store yet).
     pub revision: u64,
+}
+
+/// The version that judges one vote, and the function's own slots if it has them.
+pub struct Picked {
+    pub deployed: Arc<Deployed>,
+    pub slots: Option<Arc<Semaphore>>,
 }
 
 impl Serving {
@@ -87,6 +101,9 @@ pub struct Uploaded {
 }
 
 pub struct Functions {
+    host_limits: Limits,
+    /// Functions' own invocation slots, kept across table swaps while their size holds.
+    function_slots: Mutex<HashMap<FunctionName, (u32, Arc<Semaphore>)>>,
     runtime: Arc<dyn Runtime>,
     store: Store,
     trial: bool,
@@ -138,15 +155,20 @@ impl Functions {
         let mut table = BTreeMap::new();
         let mut compiled = HashMap::new();
         compiled.insert(file.fingerprint.clone(), file.clone());
+        let host_limits = file.module.limits();
         table.insert(
             FunctionName::default_function(),
             Arc::new(Serving {
                 active: file,
                 canary: None,
+                limits: host_limits,
+                slots: None,
                 revision: 0,
             }),
         );
         let functions = Functions {
+            host_limits,
+            function_slots: Mutex::new(HashMap::new()),
             runtime,
             store,
             trial,
@@ -172,6 +194,10 @@ impl Functions {
         self.runtime.name()
     }
 
+    pub fn run_mode(&self) -> &'static str {
+        self.runtime.run_mode()
+    }
+
     /// +1 per change of what this replica serves.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -183,11 +209,47 @@ impl Functions {
     }
 
     /// The version that judges a vote of `function` with split seed `seed`.
-    pub fn pick(&self, function: &FunctionName, seed: &[u8]) -> Option<Arc<Deployed>> {
-        self.table
-            .load()
-            .get(function)
-            .map(|serving| serving.pick(seed).clone())
+    pub fn pick(&self, function: &FunctionName, seed: &[u8]) -> Option<Picked> {
+        self.table.load().get(function).map(|serving| Picked {
+            deployed: serving.pick(seed).clone(),
+            slots: serving.slots.clone(),
+        })
+    }
+
+    /// The host's own limits: every function's default and ceiling.
+    pub fn host_limits(&self) -> Limits {
+        self.host_limits
+    }
+
+    /// Sets `function`'s limits after checking them against this host's and trying
+    /// each version it serves under them (a module whose initial memory does not fit
+    /// is refused here, not at its next vote).
+    pub async fn set_limits(
+        &self,
+        function: &FunctionName,
+        limits: FunctionLimits,
+    ) -> Result<FunctionState, ChangeError> {
+        limits
+            .check(&self.host_limits)
+            .map_err(ChangeError::Refusal)?;
+        if let Some(serving) = self.serving(function) {
+            let effective = limits.effective(&self.host_limits);
+            let versions = std::iter::once(serving.active.clone())
+                .chain(serving.canary.as_ref().map(|c| c.0.clone()));
+            for deployed in versions {
+                let module = deployed.module.clone();
+                let tried = tokio::task::spawn_blocking(move || module.with_limits(effective))
+                    .await
+                    .map_err(|e| ChangeError::Refusal(Refusal::Invalid(e.to_string())))?;
+                if let Err(e) = tried {
+                    return Err(ChangeError::Refusal(Refusal::Invalid(format!(
+                        "{} does not run under these limits: {e}",
+                        deployed.fingerprint
+                    ))));
+                }
+            }
+        }
+        self.change(function, Change::SetLimits { limits }).await
     }
 
     /// Checks `bytes` and stores them as a version of `function`, active if `activate`

@@ -2,7 +2,11 @@
 //! every change is a function from the old state to the new one or a [`Refusal`], so
 //! the store can apply it with a compare-and-set and the rules are tested without I/O.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::runtime::Limits;
 
 /// Versions a function keeps (Cloudflare Workers keeps the last 100 too); an upload
 /// beyond it is refused until a version that is not serving is deleted.
@@ -31,6 +35,87 @@ pub struct Canary {
     pub percent: u8,
 }
 
+/// A function's own limits; each one unset is the host's setting of the same name
+/// (`URNA_WASM_CPU_BUDGET_MS`, …), which is also its ceiling: a function may run under
+/// tighter limits than the host, never looser ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_budget_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_limit_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+}
+
+impl FunctionLimits {
+    /// The limits a function runs under on a host whose own are `host`: its own where
+    /// set, capped by the host's (a replica with lower settings than the one that took
+    /// the change clamps rather than refuses).
+    pub fn effective(&self, host: &Limits) -> Limits {
+        let ms = |own: Option<u64>, host: Duration| {
+            own.map_or(host, |ms| Duration::from_millis(ms).min(host))
+        };
+        Limits {
+            cpu_budget: ms(self.cpu_budget_ms, host.cpu_budget),
+            wall_limit: ms(self.wall_limit_ms, host.wall_limit),
+            memory_bytes: self.memory_mb.map_or(host.memory_bytes, |mb| {
+                (mb as usize).saturating_mul(1 << 20).min(host.memory_bytes)
+            }),
+            max_instances: self
+                .max_instances
+                .map_or(host.max_instances, |n| n.min(host.max_instances)),
+            keep_resident_bytes: host.keep_resident_bytes,
+        }
+    }
+
+    /// Refuses a limit of zero or one over `host`'s, naming the setting it exceeds.
+    pub fn check(&self, host: &Limits) -> Result<(), Refusal> {
+        let checks = [
+            (
+                "cpu_budget_ms",
+                self.cpu_budget_ms,
+                host.cpu_budget.as_millis() as u64,
+                "URNA_WASM_CPU_BUDGET_MS",
+            ),
+            (
+                "wall_limit_ms",
+                self.wall_limit_ms,
+                host.wall_limit.as_millis() as u64,
+                "URNA_WASM_WALL_LIMIT_MS",
+            ),
+            (
+                "memory_mb",
+                self.memory_mb,
+                (host.memory_bytes >> 20) as u64,
+                "URNA_WASM_MEMORY_MB",
+            ),
+            (
+                "max_instances",
+                self.max_instances.map(u64::from),
+                u64::from(host.max_instances),
+                "URNA_WASM_MAX_INSTANCES",
+            ),
+        ];
+        for (name, own, ceiling, setting) in checks {
+            match own {
+                Some(0) => return Err(Refusal::Invalid(format!("{name} must be at least 1"))),
+                Some(n) if n > ceiling => {
+                    return Err(Refusal::Invalid(format!(
+                        "{name} {n} is over this host's {setting} ({ceiling}): a function's \
+                         limits may only be tighter than the host's"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionState {
     /// In upload order.
@@ -39,6 +124,9 @@ pub struct FunctionState {
     pub canary: Option<Canary>,
     /// Versions that were active before, the most recent last.
     pub history: Vec<String>,
+    /// Tighter limits than the host's, if any.
+    #[serde(default)]
+    pub limits: FunctionLimits,
     /// +1 per change.
     pub revision: u64,
 }
@@ -88,6 +176,10 @@ pub enum Change {
     Delete {
         version: String,
     },
+    /// Replace the function's limits (all unset: the host's).
+    SetLimits {
+        limits: FunctionLimits,
+    },
 }
 
 impl Change {
@@ -103,6 +195,7 @@ impl Change {
             Change::ClearCanary => "clear_canary",
             Change::Rollback { .. } => "rollback",
             Change::Delete { .. } => "delete",
+            Change::SetLimits { .. } => "set_limits",
         }
     }
 }
@@ -226,6 +319,7 @@ impl FunctionState {
                 next.versions.retain(|v| v.version != *version);
                 next.history.retain(|v| v != version);
             }
+            Change::SetLimits { limits } => next.limits = *limits,
         }
         if next != *self {
             next.revision = self.revision + 1;
@@ -267,6 +361,74 @@ mod tests {
             activate,
         })
         .expect("add")
+    }
+
+    fn host() -> Limits {
+        Limits {
+            cpu_budget: Duration::from_millis(100),
+            wall_limit: Duration::from_millis(1_000),
+            memory_bytes: 16 << 20,
+            max_instances: 8,
+            keep_resident_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn a_functions_limits_default_to_the_hosts_and_may_only_be_tighter() {
+        let none = FunctionLimits::default();
+        assert_eq!(none.effective(&host()), host());
+        let own = FunctionLimits {
+            cpu_budget_ms: Some(20),
+            memory_mb: Some(1),
+            max_instances: Some(1),
+            ..FunctionLimits::default()
+        };
+        own.check(&host()).expect("tighter");
+        let e = own.effective(&host());
+        assert_eq!(
+            (e.cpu_budget, e.wall_limit, e.memory_bytes, e.max_instances),
+            (
+                Duration::from_millis(20),
+                Duration::from_millis(1_000),
+                1 << 20,
+                1
+            )
+        );
+        let over = FunctionLimits {
+            memory_mb: Some(17),
+            ..FunctionLimits::default()
+        };
+        let refused = over.check(&host()).expect_err("looser");
+        assert_eq!(
+            refused.to_string(),
+            "memory_mb 17 is over this host's URNA_WASM_MEMORY_MB (16): a function's limits \
+             may only be tighter than the host's"
+        );
+        assert_eq!(refused.status(), 422);
+        // A replica with lower settings clamps what another one accepted.
+        assert_eq!(over.effective(&host()).memory_bytes, 16 << 20);
+        let zero = FunctionLimits {
+            max_instances: Some(0),
+            ..FunctionLimits::default()
+        };
+        assert_eq!(
+            zero.check(&host()).expect_err("zero").to_string(),
+            "max_instances must be at least 1"
+        );
+        // Setting them is a change like any other; the same limits again are a no-op.
+        let s = add(&FunctionState::default(), 1, false);
+        let limited = s.apply(&Change::SetLimits { limits: own }).expect("set");
+        assert_eq!((limited.limits, limited.revision), (own, s.revision + 1));
+        assert_eq!(
+            limited.apply(&Change::SetLimits { limits: own }),
+            Ok(limited.clone())
+        );
+        // Stored states from before limits existed still read.
+        let old: FunctionState = serde_json::from_str(
+            r#"{"versions":[],"active":null,"canary":null,"history":[],"revision":3}"#,
+        )
+        .expect("old state");
+        assert_eq!(old.limits, FunctionLimits::default());
     }
 
     #[test]

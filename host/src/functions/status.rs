@@ -7,6 +7,7 @@ use urna_vote::FunctionName;
 use super::state::FunctionState;
 use super::store::StoreError;
 use super::{Functions, lock};
+use crate::runtime::Limits;
 
 /// A replica's view of one function, for the admin API.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +26,27 @@ pub struct ServingHere {
     pub active: Option<String>,
     pub canary: Option<String>,
     pub canary_percent: Option<u8>,
+    /// The limits its versions run under here (its own, capped by this host's).
+    pub limits: Option<EffectiveLimits>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EffectiveLimits {
+    pub cpu_budget_ms: u64,
+    pub wall_limit_ms: u64,
+    pub memory_mb: u64,
+    pub max_instances: u32,
+}
+
+impl From<Limits> for EffectiveLimits {
+    fn from(l: Limits) -> Self {
+        EffectiveLimits {
+            cpu_budget_ms: l.cpu_budget.as_millis() as u64,
+            wall_limit_ms: l.wall_limit.as_millis() as u64,
+            memory_mb: (l.memory_bytes >> 20) as u64,
+            max_instances: l.max_instances,
+        }
+    }
 }
 
 impl Functions {
@@ -51,6 +73,7 @@ impl Functions {
                         canary: serving
                             .and_then(|s| s.canary.as_ref().map(|c| c.0.fingerprint.clone())),
                         canary_percent: serving.and_then(|s| s.canary.as_ref().map(|c| c.1)),
+                        limits: serving.map(|s| s.limits.into()),
                     },
                     sync_error: errors.get(&name).cloned(),
                     name,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use urna_vote::FunctionName;
 
@@ -14,6 +15,7 @@ use super::state::{Change, FunctionState, VersionInfo};
 use super::store::StoreError;
 use super::{ChangeError, Functions, RECENT_COMPILED, Serving, lock};
 use crate::modules::Deployed;
+use crate::runtime::Limits;
 
 impl Functions {
     /// Polls the store every `every` until `shutdown`, converging on its state.
@@ -113,11 +115,18 @@ impl Functions {
                 tracing::warn!(error = %e, %version, "function store unreachable: serving the new module file here only until it answers");
                 let _updating = self.updating.lock().await;
                 let default = FunctionName::default_function();
+                let limits = self
+                    .serving(&default)
+                    .map_or(self.host_limits, |s| s.limits);
+                let slots = self.serving(&default).and_then(|s| s.slots.clone());
+                let active = self.limited(&deployed, limits)?;
                 self.swap(
                     &default,
                     Some(Arc::new(Serving {
-                        active: deployed,
+                        active,
                         canary: None,
+                        limits,
+                        slots,
                         revision: 0,
                     })),
                 );
@@ -153,18 +162,22 @@ impl Functions {
         let Some(active) = &state.active else {
             return;
         };
+        let limits = state.limits.effective(&self.host_limits);
         let built = async {
             let active = self.compiled_version(function, active).await?;
+            let active = self.limited(&active, limits)?;
             let canary = match &state.canary {
-                Some(c) => Some((
-                    self.compiled_version(function, &c.version).await?,
-                    c.percent,
-                )),
+                Some(c) => {
+                    let canary = self.compiled_version(function, &c.version).await?;
+                    Some((self.limited(&canary, limits)?, c.percent))
+                }
                 None => None,
             };
             Ok::<_, String>(Serving {
                 active,
                 canary,
+                limits,
+                slots: self.slots_for(function, limits.max_instances),
                 revision: state.revision,
             })
         }
@@ -211,6 +224,49 @@ impl Functions {
         });
         lock(&self.compiled).insert(version.to_owned(), deployed.clone());
         Ok(deployed)
+    }
+
+    /// `deployed` (compiled under the host's limits) under `limits`: itself when they
+    /// are the host's.
+    fn limited(&self, deployed: &Arc<Deployed>, limits: Limits) -> Result<Arc<Deployed>, String> {
+        if limits == deployed.module.limits() {
+            return Ok(deployed.clone());
+        }
+        let module = deployed
+            .module
+            .with_limits(limits)
+            .map_err(|e| format!("{} under the function's limits: {e}", deployed.fingerprint))?;
+        Ok(Arc::new(Deployed {
+            module,
+            generation: deployed.generation,
+            fingerprint: deployed.fingerprint.clone(),
+            size: deployed.size,
+        }))
+    }
+
+    /// The function's own slots if `max_instances` is below the host's; the same
+    /// semaphore as before while the number holds (swaps do not reset what is in use).
+    fn slots_for(&self, function: &FunctionName, max_instances: u32) -> Option<Arc<Semaphore>> {
+        let mut slots = lock(&self.function_slots);
+        if max_instances >= self.host_limits.max_instances {
+            slots.remove(function);
+            return None;
+        }
+        let entry = slots
+            .entry(function.clone())
+            .and_modify(|(n, semaphore)| {
+                if *n != max_instances {
+                    *n = max_instances;
+                    *semaphore = Arc::new(Semaphore::new(max_instances as usize));
+                }
+            })
+            .or_insert_with(|| {
+                (
+                    max_instances,
+                    Arc::new(Semaphore::new(max_instances as usize)),
+                )
+            });
+        Some(entry.1.clone())
     }
 
     fn swap(&self, function: &FunctionName, serving: Option<Arc<Serving>>) {

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod cpu;
+mod run_mode;
 pub mod wasi;
 #[cfg(feature = "wasmedge")]
 pub mod wasmedge;
@@ -39,6 +40,7 @@ pub mod wasmtime;
 /// The ABI version this host speaks (`urna_abi_version()` must return it).
 pub const ABI_VERSION: i32 = 1;
 
+pub use run_mode::{RunMode, strip_native_code};
 use wasi::Ty;
 
 /// The exports the host needs: `(name, params, results)`; `memory` is checked apart.
@@ -56,7 +58,7 @@ pub const REQUIRED_EXPORTS: &[(&str, &[Ty], &[Ty])] = &[
 pub const WASMEDGE_AOT_SECTION: &str = "wasmedge";
 
 /// Limits every invocation runs under.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// CPU time one invocation (instantiate + run) may use; a module that uses it is
     /// stopped and at fault.
@@ -79,6 +81,10 @@ pub struct Limits {
 pub trait Runtime: Send + Sync + 'static {
     /// `wasmtime` or `wasmedge`: the `runtime` label of the metrics.
     fn name(&self) -> &'static str;
+    /// How it executes a module: `cranelift` (wasmtime), `aot`, `interpreter` or `jit`
+    /// (WasmEdge, [`RunMode`]). Logged at start, the `run_mode` label of
+    /// `urna_wasm_runtime_info`, and in the admin API's answers.
+    fn run_mode(&self) -> &'static str;
     /// Checks `wasm` ([`inspect`]), compiles it and tries a trial instance
     /// (`urna_abi_version() == 1`). A module refused here never serves.
     fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError>;
@@ -92,6 +98,11 @@ pub trait VoteModule: Send + Sync + 'static {
 
     /// The limits this module runs under.
     fn limits(&self) -> Limits;
+
+    /// The same compiled module under other limits (a function's own), after a trial
+    /// instance under them; no recompilation. `limits` must not exceed the runtime's
+    /// (its pool's slot size and count are fixed).
+    fn with_limits(&self, limits: Limits) -> Result<Arc<dyn VoteModule>, LoadError>;
 
     /// Runs one request body in a fresh instance and says whose fault a stop was (see
     /// the module docs). Blocking, CPU-bound, bounded by the wall limit: call it off the
@@ -472,35 +483,6 @@ pub fn decode_output(
     }
 }
 
-/// `URNA_WASMEDGE_RUN_MODE`: how WasmEdge executes a module. Since WasmEdge 0.17 only
-/// its AOT mode uses the native code `wasmedge compile` puts into a module; every other
-/// mode ignores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunMode {
-    /// AOT when the module carries AOT code (a `wasmedge` custom section), else the
-    /// interpreter.
-    #[default]
-    Auto,
-    /// Always AOT (a module without AOT code fails to load).
-    Aot,
-    /// Always the interpreter (AOT code is ignored).
-    Interpreter,
-    /// WasmEdge's JIT (needs a WasmEdge built with LLVM).
-    Jit,
-}
-
-impl RunMode {
-    /// The mode a module runs in: `Auto` resolved by what the module carries.
-    pub fn resolve(self, info: &ModuleInfo) -> RunMode {
-        match self {
-            RunMode::Auto if info.has_wasmedge_aot => RunMode::Aot,
-            RunMode::Auto => RunMode::Interpreter,
-            other => other,
-        }
-    }
-}
-
 /// The runtime named by `URNA_WASM_RUNTIME`; `run_mode` matters to WasmEdge only.
 pub fn by_name(name: &str, limits: Limits, run_mode: RunMode) -> anyhow::Result<Arc<dyn Runtime>> {
     match name {
@@ -583,30 +565,6 @@ mod tests {
             assert_eq!(err.kind, InvokeErrorKind::InvalidRecord, "{what}: {err}");
             assert!(err.kind.is_module_fault());
         }
-    }
-
-    #[test]
-    fn wasmedge_runs_aot_code_when_the_module_carries_it() {
-        let module = |extra: &str| {
-            wat::parse_str(format!(
-                r#"(module {extra} (memory (export "memory") 1)
-                     (func (export "urna_abi_version") (result i32) (i32.const 1))
-                     (func (export "urna_alloc") (param i32) (result i32) (i32.const 0))
-                     (func (export "urna_handle_vote") (param i32 i32 i64 i64 i64) (result i64)
-                       (i64.const 0)))"#
-            ))
-            .expect("wat")
-        };
-        let plain = inspect(&module("")).expect("plain");
-        let compiled = inspect(&module(r#"(@custom "wasmedge" "native code")"#)).expect("aot");
-        assert!(!plain.has_wasmedge_aot && compiled.has_wasmedge_aot);
-        assert_eq!(RunMode::Auto.resolve(&plain), RunMode::Interpreter);
-        assert_eq!(RunMode::Auto.resolve(&compiled), RunMode::Aot);
-        assert_eq!(
-            RunMode::Interpreter.resolve(&compiled),
-            RunMode::Interpreter
-        );
-        assert_eq!(RunMode::Aot.resolve(&plain), RunMode::Aot);
     }
 
     #[test]

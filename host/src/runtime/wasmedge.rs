@@ -1,17 +1,18 @@
 //! WasmEdge behind the same [`Runtime`] trait (cargo feature `wasmedge`).
 //!
-//! Written against `wasmedge-sdk` 0.17.1 / `wasmedge-sys` 0.21.1 (libwasmedge 0.17.1).
-//! On the development machine there is no libwasmedge, so this file is only
-//! type-checked there (`DOCS_RS=1 cargo check -p urna-host --features wasmedge` uses the
-//! crate's pre-generated bindings); it is linked and run where WasmEdge is installed
-//! (`make up` with `~/.wasmedge` or `WASMEDGE_DIR`, the container image).
+//! Written against `wasmedge-sdk` 0.17.1 / `wasmedge-sys` 0.21.1 (libwasmedge 0.17.1,
+//! built with LLVM for the AOT compiler); linked and run where WasmEdge is installed
+//! (`~/.wasmedge` or `WASMEDGE_DIR`: `make up`, the tests, the container image).
+//! Without libwasmedge it can be type-checked with the crate's pre-generated bindings
+//! (`DOCS_RS=1 cargo check -p urna-host --features wasmedge`).
 //!
 //! Mapping of the host's model onto WasmEdge:
 //! - load: the shared checks ([`super::inspect`]: allowed imports, no start function,
-//!   exact export signatures), then `Module::from_bytes` once; the module is shared,
-//!   read-only, by every invocation. The run mode (`URNA_WASMEDGE_RUN_MODE`) is resolved
-//!   per module: WasmEdge ≥ 0.17 uses the native code of a `wasmedge compile`d module
-//!   only in [`RunMode::Aot`](wasmedge_sdk::RunMode::Aot), otherwise it interprets.
+//!   exact export signatures); any native code the module carries is stripped
+//!   ([`super::strip_native_code`]); in [`RunMode::Aot`] (the default) the host
+//!   compiles the plain module itself (interruptible, for this CPU) and loads its own
+//!   output, once per module; the module is then shared, read-only, by every
+//!   invocation.
 //! - imports: the host's own `wasi_snapshot_preview1` import object with exactly the
 //!   functions of [`wasi::ALLOWED_IMPORTS`] (the shared implementations), so the guest
 //!   never sees the host's stdio — not WasmEdge's WASI module.
@@ -27,15 +28,18 @@
 //! - the result is read only after checking `out_ptr + out_len` against the memory's
 //!   size (the SDK's `get_data` allocates `out_len` bytes before checking).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmedge_sdk::config::{CommonConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions};
+use wasmedge_sdk::config::{
+    CommonConfigOptions, CompilerConfigOptions, Config, ConfigBuilder, RuntimeConfigOptions,
+};
 use wasmedge_sdk::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_sdk::{
-    AsInstance, CallingFrame, ImportObject, ImportObjectBuilder, Instance, Module, Store, Vm,
-    WasmValue,
+    AsInstance, CallingFrame, Compiler, CompilerOptimizationLevel, CompilerOutputFormat,
+    ImportObject, ImportObjectBuilder, Instance, Module, Store, Vm, WasmValue,
 };
 
 use super::wasi::{self, GuestIo};
@@ -49,14 +53,79 @@ const WASM_PAGE: usize = 64 * 1024;
 pub struct WasmEdge {
     limits: Limits,
     run_mode: RunMode,
+    /// The AOT compiler ([`RunMode::Aot`] only). One compile at a time: a module is
+    /// compiled once per version, and two at once would only share the same cores.
+    compiler: Option<std::sync::Mutex<Compiler>>,
 }
 
 impl WasmEdge {
     pub fn new(limits: Limits, run_mode: RunMode) -> anyhow::Result<Self> {
         // Fail at start, not at the first load, if the configuration is refused.
-        config(&limits, RunMode::Interpreter)?;
-        Ok(WasmEdge { limits, run_mode })
+        config(&limits, run_mode)?;
+        let compiler = match run_mode {
+            RunMode::Aot => {
+                let compiler = Compiler::new(Some(&compiler_config()?)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "WasmEdge has no AOT compiler ({e}; a libwasmedge built without \
+                         LLVM?): refusing to serve interpreted. Set \
+                         URNA_WASMEDGE_RUN_MODE=interpreter to run modules interpreted"
+                    )
+                })?;
+                Some(std::sync::Mutex::new(compiler))
+            }
+            RunMode::Interpreter => {
+                tracing::warn!(
+                    "URNA_WASMEDGE_RUN_MODE=interpreter: WasmEdge interprets every module \
+                     (no native code; many times slower than aot)"
+                );
+                None
+            }
+            RunMode::Jit => None,
+        };
+        Ok(WasmEdge {
+            limits,
+            run_mode,
+            compiler,
+        })
     }
+
+    /// AOT-compiles `wasm` (plain Wasm: no native code) into a universal Wasm file of
+    /// this host's own making, and returns its bytes.
+    fn compile(
+        &self,
+        compiler: &std::sync::Mutex<Compiler>,
+        wasm: &[u8],
+    ) -> Result<Vec<u8>, LoadError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            LoadError::Compile(format!("WasmEdge AOT compile: {what}: {e}"))
+        };
+        let dir = std::env::temp_dir().join(format!("urna-aot-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir(&dir).map_err(|e| failed("temporary directory", &e))?;
+        let compiled = compiler
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .compile_from_bytes(wasm, "module", &dir)
+            .map_err(|e| failed("compiler", &e))
+            .and_then(|path| std::fs::read(path).map_err(|e| failed("output", &e)));
+        let _ = std::fs::remove_dir_all(&dir);
+        compiled
+    }
+}
+
+/// Universal Wasm output (the plain module plus a `wasmedge` section of native code),
+/// interruptible so that `run_func_with_timeout` can stop AOT code, optimised as
+/// `wasmedge compile` does by default, for this machine's CPU: the host compiles on
+/// the node that runs the code.
+fn compiler_config() -> anyhow::Result<Config> {
+    ConfigBuilder::new(CommonConfigOptions::default())
+        .with_compiler_config(
+            CompilerConfigOptions::new()
+                .out_format(CompilerOutputFormat::Wasm)
+                .optimization_level(CompilerOptimizationLevel::O3)
+                .interruptible(true),
+        )
+        .build()
+        .map_err(|e| anyhow::anyhow!("WasmEdge compiler config: {e}"))
 }
 
 fn config(limits: &Limits, mode: RunMode) -> anyhow::Result<Config> {
@@ -64,7 +133,7 @@ fn config(limits: &Limits, mode: RunMode) -> anyhow::Result<Config> {
     let mode = match mode {
         RunMode::Aot => wasmedge_sdk::RunMode::Aot,
         RunMode::Jit => wasmedge_sdk::RunMode::Jit,
-        RunMode::Interpreter | RunMode::Auto => wasmedge_sdk::RunMode::Interpreter,
+        RunMode::Interpreter => wasmedge_sdk::RunMode::Interpreter,
     };
     ConfigBuilder::new(CommonConfigOptions::default().run_mode(mode))
         .with_runtime_config(RuntimeConfigOptions::default().max_memory_pages(pages))
@@ -77,23 +146,36 @@ impl Runtime for WasmEdge {
         "wasmedge"
     }
 
+    fn run_mode(&self) -> &'static str {
+        self.run_mode.label()
+    }
+
     fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError> {
         let info = super::inspect(wasm)?;
-        let run_mode = self.run_mode.resolve(&info);
+        // Native code that came with the module never runs (see `run_mode.rs`).
+        let plain = super::strip_native_code(wasm);
+        let started = Instant::now();
+        let runnable = match &self.compiler {
+            Some(compiler) => Cow::Owned(self.compile(compiler, &plain)?),
+            None => plain,
+        };
+        let compile_ms = started.elapsed().as_millis() as u64;
         let config =
-            config(&self.limits, run_mode).map_err(|e| LoadError::Compile(e.to_string()))?;
-        let module = Module::from_bytes(Some(&config), wasm)
+            config(&self.limits, self.run_mode).map_err(|e| LoadError::Compile(e.to_string()))?;
+        let module = Module::from_bytes(Some(&config), &runnable)
             .map_err(|e| LoadError::Compile(e.to_string()))?;
         let loaded = WasmEdgeModule {
             config,
             module,
             has_initialize: info.has_initialize,
             limits: self.limits,
+            run_mode: self.run_mode,
         };
         loaded.check_abi()?;
         tracing::info!(
-            ?run_mode,
-            has_aot_code = info.has_wasmedge_aot,
+            run_mode = self.run_mode.label(),
+            stripped_native_code = info.has_wasmedge_aot,
+            compile_ms,
             "WasmEdge module ready"
         );
         Ok(Arc::new(loaded))
@@ -105,6 +187,7 @@ struct WasmEdgeModule {
     module: Module,
     has_initialize: bool,
     limits: Limits,
+    run_mode: RunMode,
 }
 
 fn classify(e: &WasmEdgeError, io: &GuestIo, instantiating: bool) -> InvokeError {
@@ -437,6 +520,20 @@ enum Stage {
 impl VoteModule for WasmEdgeModule {
     fn limits(&self) -> Limits {
         self.limits
+    }
+
+    fn with_limits(&self, limits: Limits) -> Result<Arc<dyn VoteModule>, LoadError> {
+        // The memory cap is the executor's configuration, taken by every new store.
+        let limited = WasmEdgeModule {
+            config: config(&limits, self.run_mode)
+                .map_err(|e| LoadError::Compile(e.to_string()))?,
+            module: self.module.clone(),
+            has_initialize: self.has_initialize,
+            limits,
+            run_mode: self.run_mode,
+        };
+        limited.check_abi()?;
+        Ok(Arc::new(limited))
     }
 
     fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {

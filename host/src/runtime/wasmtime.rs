@@ -150,6 +150,10 @@ impl Runtime for Wasmtime {
         "wasmtime"
     }
 
+    fn run_mode(&self) -> &'static str {
+        "cranelift"
+    }
+
     fn load(&self, wasm: &[u8]) -> Result<Arc<dyn VoteModule>, LoadError> {
         let info = super::inspect(wasm)?;
         // Valid Wasm at all? (Otherwise a compile error; after this, a refusal by
@@ -183,6 +187,7 @@ impl Runtime for Wasmtime {
     }
 }
 
+#[derive(Clone)]
 struct WasmtimeModule {
     pre: InstancePre<Ctx>,
     memory: ModuleExport,
@@ -358,6 +363,15 @@ fn classify(err: anyhow::Error, ctx: Option<&Ctx>, instantiating: bool) -> Invok
 impl VoteModule for WasmtimeModule {
     fn limits(&self) -> Limits {
         self.limits
+    }
+
+    fn with_limits(&self, limits: Limits) -> Result<Arc<dyn VoteModule>, LoadError> {
+        let limited = WasmtimeModule {
+            limits,
+            ..self.clone()
+        };
+        limited.check_abi()?;
+        Ok(Arc::new(limited))
     }
 
     fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {

@@ -517,7 +517,7 @@ async fn versions_survive_a_restart_and_replicas_converge() {
     let serves = |h: &TestHost| {
         h.functions
             .pick(&default, b"")
-            .map(|d| d.fingerprint.clone())
+            .map(|p| p.deployed.fingerprint.clone())
     };
     assert_eq!(serves(&a).as_deref(), Some(rust.as_str()));
     assert_eq!(serves(&b).as_deref(), Some(rust.as_str()));
@@ -656,5 +656,165 @@ async fn the_cli_deploys_and_says_why_a_change_is_refused() {
         body["error"].as_str().unwrap().contains("[a-z0-9-]"),
         "{body}"
     );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_runs_under_its_own_limits_and_only_it() {
+    let brokers = brokers();
+    let topic = urna_testkit::kafka::fresh_topic(&brokers, "fn-limits", 3).await;
+    let host = TestHost::start_with(&real_module(), |dir| {
+        let mut s = Settings {
+            // The misbehaving module fails the trial by design; 50 ms for a slot.
+            wasm_deploy_trial: false,
+            wasm_slot_wait_ms: 50,
+            ..with_admin(dir, &brokers, &topic)
+        };
+        fit_request_deadline(&mut s);
+        s
+    })
+    .await;
+    host.wait_ready(200).await;
+    let admin = Admin::of(&host);
+    let http = reqwest::Client::new();
+    let evil = format!("{}/functions/evil", host.base);
+    let (status, body) = admin.upload("evil", &evil_module(), true).await;
+    assert_eq!(status, 201, "{body}");
+    let host_limits = serde_json::json!({
+        "cpu_budget_ms": CPU_BUDGET.as_millis() as u64, "wall_limit_ms": WALL_LIMIT.as_millis() as u64,
+        "memory_mb": MEMORY_MB, "max_instances": 8,
+    });
+    assert_eq!(
+        admin.function("evil").await["serving_here"]["limits"],
+        host_limits
+    );
+
+    // Under the host's limits: 2 MiB more memory is fine; a loop burns 100 ms.
+    assert_eq!(post_vote(&http, &evil, "B").await.0, 422);
+    let (status, body) = post_vote(&http, &evil, "L").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("of its 100 ms CPU budget"),
+        "{body}"
+    );
+
+    let own = serde_json::json!({"cpu_budget_ms": 20, "memory_mb": 1, "max_instances": 1});
+    let (status, state) = admin.put("evil/limits", own.clone()).await;
+    assert_eq!((status, &state["limits"]), (200, &own), "{state}");
+    let serving = admin.function("evil").await["serving_here"]["limits"].clone();
+    assert_eq!(
+        serving,
+        serde_json::json!({"cpu_budget_ms": 20, "wall_limit_ms": WALL_LIMIT.as_millis() as u64,
+            "memory_mb": 1, "max_instances": 1})
+    );
+    // Its own limits: 2 MiB is over its 1 MiB, a loop is stopped at 20 ms.
+    let (status, body) = post_vote(&http, &evil, "B").await;
+    assert_eq!(status, 500, "{body}");
+    let (status, body) = post_vote(&http, &evil, "L").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("of its 20 ms CPU budget"),
+        "{body}"
+    );
+    // One instance at a time: of two loops at once, one runs (500 at its 100 ms
+    // budget) and the other finds no slot of this function within 50 ms (503) — while
+    // `default`, on the host's slots, answers.
+    let one = serde_json::json!({"max_instances": 1});
+    assert_eq!(admin.put("evil/limits", one.clone()).await.0, 200);
+    let (a, b, d) = tokio::join!(
+        post_vote(&http, &evil, "L"),
+        post_vote(&http, &evil, "L"),
+        async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            post_vote(&http, &host.base, VOTE).await
+        }
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [500, 503], "{a:?} {b:?}");
+    let refused = if a.0 == 503 { &a.1 } else { &b.1 };
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("no invocation slot of function evil"),
+        "{refused}"
+    );
+    assert_eq!(d.0, 202, "{:?}", d.1);
+    assert_eq!(
+        admin.function("default").await["serving_here"]["limits"],
+        host_limits,
+        "the other functions keep the host's limits"
+    );
+
+    // Refused, naming why, and nothing changes.
+    let cases = [
+        (
+            "evil/limits",
+            serde_json::json!({"memory_mb": 17}),
+            422,
+            "URNA_WASM_MEMORY_MB (16)",
+        ),
+        (
+            "evil/limits",
+            serde_json::json!({"cpu_budget_ms": 101}),
+            422,
+            "URNA_WASM_CPU_BUDGET_MS (100)",
+        ),
+        (
+            "evil/limits",
+            serde_json::json!({"max_instances": 0}),
+            422,
+            "at least 1",
+        ),
+        (
+            "evil/limits",
+            serde_json::json!({"memory": 1}),
+            400,
+            "unknown field `memory`",
+        ),
+        (
+            "absent/limits",
+            serde_json::json!({}),
+            404,
+            "no function absent",
+        ),
+        // The Rust module's initial memory (its stack) is over 1 MiB.
+        (
+            "default/limits",
+            serde_json::json!({"memory_mb": 1}),
+            422,
+            "does not run under these limits",
+        ),
+    ];
+    for (path, body, want, says) in cases {
+        let (status, answer) = admin.put(path, body.clone()).await;
+        assert_eq!(status, want, "{path} {body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{path} {body}: {answer}"
+        );
+    }
+    assert_eq!(admin.function("evil").await["limits"], one);
+    assert_eq!(
+        admin.function("default").await["limits"],
+        serde_json::json!({})
+    );
+    assert_eq!(post_vote(&http, &host.base, VOTE).await.0, 202);
+
+    // `{}` is the host's limits again.
+    let (status, _) = admin.put("evil/limits", serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        admin.function("evil").await["serving_here"]["limits"],
+        host_limits
+    );
+    assert_eq!(post_vote(&http, &evil, "B").await.0, 422);
     host.stop().await;
 }

@@ -62,9 +62,9 @@ pub fn runtimes() -> Vec<Arc<dyn Runtime>> {
 
 /// [`runtimes`] under other limits.
 pub fn runtimes_with(limits: Limits) -> Vec<Arc<dyn Runtime>> {
-    let mut all = vec![runtime::by_name("wasmtime", limits, RunMode::Auto).expect("wasmtime")];
+    let mut all = vec![runtime::by_name("wasmtime", limits, RunMode::Aot).expect("wasmtime")];
     if cfg!(feature = "wasmedge") && std::env::var_os("WASMEDGE_DIR").is_some() {
-        all.push(runtime::by_name("wasmedge", limits, RunMode::Auto).expect("wasmedge"));
+        all.push(runtime::by_name("wasmedge", limits, RunMode::Aot).expect("wasmedge"));
     } else {
         // Straight to stderr, not `eprintln!`: libtest would swallow it for a passing test.
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -154,8 +154,9 @@ pub fn closed_module() -> Vec<u8> {
 /// Misbehaves on demand, by the first byte of the body:
 /// `T` traps, `L` loops, `M` grows memory until refused (then traps), `S` overflows the stack,
 /// `O` returns a result outside memory, `H` a result of almost 4 GiB, `G` returns
-/// garbage, `X` calls `proc_exit`, `W` writes 10 KB to stdout and traps; anything else is
-/// the 422 reply.
+/// garbage, `X` calls `proc_exit`, `W` writes 10 KB to stdout and traps, `B` grows its
+/// memory by 2 MiB once (trapping if refused) and then answers; anything else is the
+/// 422 reply.
 pub fn evil_module() -> Vec<u8> {
     wat_module(
         1,
@@ -179,6 +180,8 @@ pub fn evil_module() -> Vec<u8> {
         (drop (call $fd_write (i32.const 1) (i32.const 3000) (i32.const 1) (i32.const 3008)))
         unreachable))
     (if (i32.eq (local.get $b) (i32.const 71)) (then (return (i64.const GARBAGE))))
+    (if (i32.eq (local.get $b) (i32.const 66))
+      (then (if (i32.eq (memory.grow (i32.const 32)) (i32.const -1)) (then unreachable))))
     (if (i32.eq (local.get $b) (i32.const 88)) (then (call $exit (i32.const 3))))
 "#,
     )
