@@ -171,13 +171,24 @@ impl WasmBackend {
         let queued = Instant::now();
         // One wait for both: the function's own slot (if it has a cap), then the host's.
         let wait_until = tokio::time::Instant::now() + self.slot_wait;
+        let no_slot = |e| {
+            self.functions
+                .note_outcome(function, &deployed.fingerprint, "no_slot");
+            e
+        };
         let function_permit = match slots {
-            Some(slots) => Some(self.slot(slots, wait_until, Some(function)).await?),
+            Some(slots) => Some(
+                self.slot(slots, wait_until, Some(function))
+                    .await
+                    .map_err(no_slot)?,
+            ),
             None => None,
         };
         let permit = (
             function_permit,
-            self.slot(self.slots.clone(), wait_until, None).await?,
+            self.slot(self.slots.clone(), wait_until, None)
+                .await
+                .map_err(no_slot)?,
         );
         let generation = self.functions.generation();
         let version = deployed.fingerprint.clone();
@@ -237,6 +248,7 @@ impl WasmBackend {
         metrics::counter!("urna_wasm_invocations_total", "runtime" => runtime, "outcome" => outcome,
             "function" => function_label, "version" => version_label)
         .increment(1);
+        self.functions.note_outcome(function, &version, outcome);
 
         match decoded {
             Ok(ModuleOutput::Accepted(mut record, mut payload)) => {

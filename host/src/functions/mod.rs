@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod cli;
 pub mod deploy;
+pub mod outcomes;
 pub mod state;
 mod status;
 pub mod store;
@@ -121,6 +122,7 @@ pub struct Functions {
     unseeded: Mutex<Option<(Vec<u8>, bool)>>,
     sync_errors: Mutex<BTreeMap<FunctionName, String>>,
     store_up: AtomicBool,
+    outcomes: outcomes::Pending,
     /// One table update at a time (a change here and a sync from the store).
     updating: tokio::sync::Mutex<()>,
 }
@@ -180,6 +182,7 @@ impl Functions {
             unseeded: Mutex::new(Some((file_bytes, false))),
             sync_errors: Mutex::new(BTreeMap::new()),
             store_up: AtomicBool::new(false),
+            outcomes: outcomes::Pending::default(),
             updating: tokio::sync::Mutex::new(()),
         };
         functions.record_serving();
@@ -214,6 +217,11 @@ impl Functions {
             deployed: serving.pick(seed).clone(),
             slots: serving.slots.clone(),
         })
+    }
+
+    /// Counts what a vote of `function` judged by `version` got ([`outcomes`]).
+    pub fn note_outcome(&self, function: &FunctionName, version: &str, outcome: &'static str) {
+        self.outcomes.note(function, version, outcome);
     }
 
     /// The host's own limits: every function's default and ceiling.

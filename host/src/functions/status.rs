@@ -4,6 +4,9 @@
 use serde::Serialize;
 use urna_vote::FunctionName;
 
+use std::collections::BTreeMap;
+
+use super::outcomes::Counts;
 use super::state::FunctionState;
 use super::store::StoreError;
 use super::{Functions, lock};
@@ -19,6 +22,8 @@ pub struct FunctionStatus {
     pub serving_here: ServingHere,
     /// Why this replica does not serve what the store says, if it does not.
     pub sync_error: Option<String>,
+    /// What each version's votes got, over every replica: version → outcome → count.
+    pub outcomes: Counts,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +67,10 @@ impl Functions {
             }
         }
         names.sort();
+        let mut outcomes = BTreeMap::new();
+        for name in &names {
+            outcomes.insert(name.clone(), self.store.outcomes(name).await?);
+        }
         Ok(names
             .into_iter()
             .map(|name| {
@@ -76,6 +85,7 @@ impl Functions {
                         limits: serving.map(|s| s.limits.into()),
                     },
                     sync_error: errors.get(&name).cloned(),
+                    outcomes: outcomes.remove(&name).unwrap_or_default(),
                     name,
                 }
             })

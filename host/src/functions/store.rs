@@ -6,13 +6,14 @@
 //! - `<p>:state:<name>`: the function's [`FunctionState`] as JSON;
 //! - `<p>:module:<name>:<hex>`: a version's module bytes (content-addressed);
 //! - `<p>:names`: the set of function names; `<p>:revision`: +1 per change, what replicas
-//!   poll; `<p>:audit`: the last 1,000 audit entries (JSON), newest first.
+//!   poll; `<p>:audit`: the last 1,000 audit entries (JSON), newest first;
+//! - `<p>:outcomes:<name>`: what each version's votes got ([`super::outcomes`]).
 //!
 //! A change is read → [`FunctionState::apply`] → a script that writes only if the state
 //! is still what was read (compare-and-set), retried on a conflict; so two admins or two
 //! replicas seeding at once never lose a change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -49,10 +50,12 @@ pub struct Memory {
     functions: BTreeMap<FunctionName, FunctionState>,
     modules: BTreeMap<(FunctionName, String), Vec<u8>>,
     audit: std::collections::VecDeque<serde_json::Value>,
+    /// [`super::outcomes`]: per function, `<version>|<outcome>` → count.
+    pub(super) outcomes: BTreeMap<FunctionName, HashMap<String, u64>>,
 }
 
 pub struct RedisStore {
-    redis: LazyRedis,
+    pub(super) redis: LazyRedis,
     prefix: String,
     commit: Script,
 }
@@ -97,7 +100,7 @@ impl Store {
         }
     }
 
-    fn mem(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
+    pub(super) fn mem(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -252,6 +255,7 @@ impl Store {
             && committed.changed
         {
             self.delete_module(function, version).await?;
+            self.forget_outcomes(function, version).await?;
         }
         Ok(Ok(committed))
     }
@@ -302,6 +306,10 @@ impl RedisStore {
 
     fn state_key(&self, function: &FunctionName) -> String {
         format!("{}:state:{function}", self.prefix)
+    }
+
+    pub(super) fn outcomes_key(&self, function: &FunctionName) -> String {
+        format!("{}:outcomes:{function}", self.prefix)
     }
 
     fn module_key(&self, function: &FunctionName, version: &str) -> String {

@@ -37,7 +37,10 @@ impl Functions {
     /// Records the file's module in the store if it never saw it, then converges on
     /// the store's state if its revision moved.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        let result = self.sync_once().await;
+        let result = match self.sync_once().await {
+            Ok(()) => self.outcomes.flush(&self.store).await,
+            Err(e) => Err(e),
+        };
         self.store_up.store(result.is_ok(), Ordering::Relaxed);
         metrics::gauge!("urna_function_store_up").set(if result.is_ok() { 1.0 } else { 0.0 });
         result

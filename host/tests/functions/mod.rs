@@ -463,6 +463,34 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
             .or_default() += 1;
     }
     assert_eq!(in_kafka, t.by);
+    // And the per-version outcomes the admin API (and the web app) show say the same,
+    // once this replica has added its counts to the store.
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for ((route, version), n) in &t.by {
+        let function = if route == "/votes" { "default" } else { "go" };
+        want.insert((function.to_owned(), version.clone()), *n as u64);
+    }
+    let accepted = || async {
+        let mut got = BTreeMap::new();
+        for function in ["default", "go"] {
+            let f = admin.function(function).await;
+            for (version, outcomes) in f["outcomes"].as_object().unwrap() {
+                if let Some(n) = outcomes["accepted"].as_u64() {
+                    got.insert((function.to_owned(), version.clone()), n);
+                }
+            }
+        }
+        got
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted().await != want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted().await,
+        want,
+        "accepted per version, as the store sums them"
+    );
     let answered: usize = t.by.values().sum();
     eprintln!(
         "rollout: {answered} votes, 0 failed; per route and version {:?}; canary phase {} keyed votes, \
