@@ -16,6 +16,9 @@ pub struct Settings {
     pub redis_url: String,
     /// `URNA_REDIS_PREFIX`: key prefix the consumer counts under (`votes:total`, …).
     pub redis_prefix: String,
+    /// `URNA_FUNCTION_STORE_PREFIX`: the Wasm host's function store (as the host's
+    /// setting); empty is `<URNA_REDIS_PREFIX>:functions`, the host's default too.
+    pub function_store_prefix: String,
     /// `URNA_MONGO_URL`
     pub mongo_url: String,
     /// `URNA_MONGO_DB`
@@ -55,6 +58,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "votes".into(),
+            function_store_prefix: String::new(),
             mongo_url: "mongodb://127.0.0.1:27017".into(),
             mongo_db: "urna".into(),
             mongo_collection: "logs".into(),
@@ -76,6 +80,14 @@ impl Default for Settings {
 impl Settings {
     pub fn logs_poll(&self) -> Duration {
         Duration::from_millis(self.logs_poll_ms.max(10))
+    }
+
+    pub fn function_store_prefix(&self) -> String {
+        if self.function_store_prefix.is_empty() {
+            format!("{}:functions", self.redis_prefix)
+        } else {
+            self.function_store_prefix.clone()
+        }
     }
 
     pub fn results_interval(&self) -> Duration {

@@ -21,7 +21,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::cursor::Cursor;
 use crate::feed::{self, LogFeed, Step};
-use crate::pollers::{RaceWatch, ResultsWatch};
+use crate::pollers::{FunctionsWatch, RaceWatch, ResultsWatch};
 use crate::results::ResultsStore;
 use crate::stream::{self, StreamTx, data_event};
 
@@ -39,6 +39,7 @@ pub struct AppState {
     pub results: ResultsStore,
     pub results_watch: ResultsWatch,
     pub race_watch: RaceWatch,
+    pub functions_watch: FunctionsWatch,
     pub streams: Arc<Semaphore>,
     pub requests: Arc<Semaphore>,
     /// How long one event stream lives (`URNA_SSE_LIFETIME_SECS`).
@@ -52,6 +53,7 @@ pub fn router(state: AppState, web_dir: &Path, extra: Router) -> Router {
         .route("/api/logs", get(logs))
         .route("/api/results", get(results))
         .route("/api/race", get(race))
+        .route("/api/functions", get(functions))
         .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -60,7 +62,8 @@ pub fn router(state: AppState, web_dir: &Path, extra: Router) -> Router {
     let streams = Router::new()
         .route("/api/logs/stream", get(logs_stream))
         .route("/api/results/stream", get(results_stream))
-        .route("/api/race/stream", get(race_stream));
+        .route("/api/race/stream", get(race_stream))
+        .route("/api/functions/stream", get(functions_stream));
     let api = reads
         .merge(streams)
         .route("/api/{*rest}", get(unknown_api).fallback(unknown_api))
@@ -213,6 +216,21 @@ async fn race(State(state): State<AppState>, params: Params) -> Response {
     }
     let view = state.race_watch.borrow().clone();
     json(&*view)
+}
+
+async fn functions(State(state): State<AppState>, params: Params) -> Response {
+    if let Err(e) = check_params(params, &[]) {
+        return e.into_response();
+    }
+    let view = state.functions_watch.borrow().clone();
+    match view {
+        Some(view) => json(&*view),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the function store has not been read yet",
+            None,
+        ),
+    }
 }
 
 /// A stream slot, or the 503 that says there is none.
@@ -376,6 +394,17 @@ async fn race_stream(State(state): State<AppState>, params: Params) -> Response 
     }
     watch_stream(&state, state.race_watch.clone(), |view| {
         Some(data_event("race", &**view))
+    })
+}
+
+async fn functions_stream(State(state): State<AppState>, params: Params) -> Response {
+    if let Err(e) = check_params(params, &[]) {
+        return e.into_response();
+    }
+    watch_stream(&state, state.functions_watch.clone(), |current| {
+        current
+            .as_ref()
+            .map(|view| data_event("functions", &**view))
     })
 }
 

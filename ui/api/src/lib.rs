@@ -2,7 +2,8 @@
 //!
 //! Routes (the design contract, docs/architecture.md "Logs stream" for the stream):
 //! `GET /api/logs?limit=`, `/api/logs/stream` (SSE), `/api/results`,
-//! `/api/results/stream` (SSE), `/api/race`, `/api/race/stream` (SSE), `/healthz`,
+//! `/api/results/stream` (SSE), `/api/race`, `/api/race/stream` (SSE), `/api/functions`,
+//! `/api/functions/stream` (SSE), `/healthz`,
 //! `/readyz`, `/metrics`, and the Vue app from `URNA_WEB_DIR` at `/`.
 //!
 //! Layout:
@@ -12,12 +13,14 @@
 //! - [`feed`]: the one poller behind every log stream, and a subscriber's catch-up.
 //! - [`results`]: totals from the Redis counters.
 //! - [`race`]: the producers' `/metrics` → votes/s and latency quantiles over a minute.
-//! - [`pollers`]: the once-a-second loops for results and the race.
+//! - [`functions`]: the Wasm host's vote functions, versions, split and outcomes.
+//! - [`pollers`]: the once-a-second loops for results, functions and the race.
 //! - [`http`]: routes, parameter checks, event streams, the static app.
 
 pub mod config;
 pub mod cursor;
 pub mod feed;
+pub mod functions;
 pub mod http;
 pub mod logs;
 pub mod pollers;
@@ -63,6 +66,11 @@ pub async fn run(
     );
     let race_watch =
         pollers::spawn_race(race_targets, settings.results_interval(), shutdown.clone());
+    let functions_watch = pollers::spawn_functions(
+        functions::FunctionStore::new(results.connection(), &settings.function_store_prefix()),
+        settings.results_interval(),
+        shutdown.clone(),
+    );
 
     let metrics = urna_common::telemetry::metrics();
     let ready = {
@@ -84,6 +92,7 @@ pub async fn run(
         results,
         results_watch,
         race_watch,
+        functions_watch,
         streams: Arc::new(Semaphore::new(settings.sse_max_clients)),
         requests: Arc::new(Semaphore::new(http::REQUESTS_MAX)),
         stream_lifetime: std::time::Duration::from_secs(settings.sse_lifetime_secs.max(1)),

@@ -1,4 +1,4 @@
-//! The two once-a-second loops: Redis totals and the producers' race. Each publishes its
+//! The once-a-second loops: Redis totals, the vote functions, the producers' race. Each publishes its
 //! latest view on a `watch` channel, so any number of event streams share one read and a
 //! slow stream only ever misses intermediate values, never queues them.
 
@@ -9,11 +9,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::functions::{FunctionStore, FunctionsView};
 use crate::race::{self, Lane, Runner};
 use crate::results::{Results, ResultsStore};
 
 /// Latest totals; `None` until Redis answered once.
 pub type ResultsWatch = watch::Receiver<Option<Arc<Results>>>;
+/// Latest functions view; `None` until Redis answered once.
+pub type FunctionsWatch = watch::Receiver<Option<Arc<FunctionsView>>>;
 /// Latest race view.
 pub type RaceWatch = watch::Receiver<Arc<RaceView>>;
 
@@ -27,25 +30,54 @@ pub fn spawn_results(
     every: Duration,
     shutdown: CancellationToken,
 ) -> ResultsWatch {
+    spawn_redis_poll("results", every, shutdown, move || {
+        let store = store.clone();
+        async move { store.read().await }
+    })
+}
+
+pub fn spawn_functions(
+    store: FunctionStore,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> FunctionsWatch {
+    spawn_redis_poll("functions", every, shutdown, move || {
+        let store = store.clone();
+        async move { store.read().await }
+    })
+}
+
+/// Reads Redis every `every` and publishes what changed; `None` until it answered once.
+fn spawn_redis_poll<T, F, Fut>(
+    what: &'static str,
+    every: Duration,
+    shutdown: CancellationToken,
+    read: F,
+) -> watch::Receiver<Option<Arc<T>>>
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+{
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut failing = false;
         loop {
-            match store.read().await {
-                Ok(results) => {
+            match read().await {
+                Ok(value) => {
                     failing = false;
                     tx.send_if_modified(|current| {
-                        if current.as_deref() == Some(&results) {
+                        if current.as_deref() == Some(&value) {
                             false
                         } else {
-                            *current = Some(Arc::new(results));
+                            *current = Some(Arc::new(value));
                             true
                         }
                     });
                 }
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(error = %e, "results: cannot read Redis; retrying");
+                        tracing::warn!(error = %e, "{what}: cannot read Redis; retrying");
                     }
                     failing = true;
                 }

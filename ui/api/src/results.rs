@@ -58,6 +58,11 @@ impl ResultsStore {
         })
     }
 
+    /// The connection, shared with the other Redis readers.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     pub async fn ping(&self) -> bool {
         urna_common::stores::redis_ping(&self.conn).await
     }

@@ -1,5 +1,6 @@
-//! `/api/results` (+ stream) against the real Redis on a private prefix, `/api/race` against
-//! fake producers' `/metrics`, the subscriber cap, and serving the built web app.
+//! `/api/results` (+ stream) against the real Redis on a private prefix, `/api/functions`
+//! (+ stream) as the Wasm host's own function store writes it, `/api/race` against fake
+//! producers' `/metrics`, the subscriber cap, and serving the built web app.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -265,4 +266,121 @@ async fn the_web_app_is_served_when_built_and_its_absence_is_not_fatal() {
         "unknown API routes are not the app"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_functions_view_is_what_the_hosts_function_store_holds() {
+    use urna_host::functions::outcomes::Pending;
+    use urna_host::functions::state::{Change, VersionInfo};
+    use urna_host::functions::store::Store;
+
+    let api = support::start(support::private_settings()).await;
+    let mut stream = api.stream("/api/functions/stream", None).await;
+    let event = stream.next(Duration::from_secs(5)).await.expect("first");
+    assert_eq!(event.event, "functions");
+    assert_eq!(event.json(), serde_json::json!({"functions": []}));
+
+    // What a host writes: two versions of `default`, the second a 10 % canary, and
+    // what votes got from each.
+    let prefix = format!("{}:functions", api.settings.redis_prefix);
+    let store = Store::redis(&api.settings.redis_url, &prefix);
+    let default = urna_vote::FunctionName::default_function();
+    let (v1, v2) = (
+        format!("sha256:{}", "a1".repeat(32)),
+        format!("sha256:{}", "b2".repeat(32)),
+    );
+    for (version, at) in [(&v1, 1), (&v2, 2)] {
+        let info = VersionInfo {
+            version: version.clone(),
+            size: 10,
+            uploaded_at_micros: at,
+            source: "api".into(),
+        };
+        let change = Change::Add {
+            info,
+            activate: false,
+        };
+        store
+            .change(&default, &change, serde_json::json!({}))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let canary = Change::SetCanary {
+        version: v2.clone(),
+        percent: 10,
+    };
+    store
+        .change(&default, &canary, serde_json::json!({}))
+        .await
+        .unwrap()
+        .unwrap();
+    let pending = Pending::default();
+    for (version, outcome, n) in [
+        (&v1, "accepted", 9),
+        (&v1, "rejected", 2),
+        (&v2, "accepted", 1),
+        (&v2, "trap", 3),
+        (&v2, "starved", 1),
+    ] {
+        for _ in 0..n {
+            pending.note(&default, version, outcome);
+        }
+    }
+    pending.flush(&store).await.unwrap();
+
+    let view = loop {
+        let event = stream.next(Duration::from_secs(5)).await.expect("change");
+        let view = event.json();
+        if view["functions"][0]["versions"][0]["failed"] == 3 {
+            break view;
+        }
+    };
+    let f = &view["functions"][0];
+    assert_eq!(f["name"], "default");
+    assert_eq!(f["active"], v1);
+    assert_eq!(
+        f["canary"],
+        serde_json::json!({"version": v2, "percent": 10})
+    );
+    let rows: Vec<_> = f["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            serde_json::json!([
+                v["short"],
+                v["role"],
+                v["percent"],
+                v["accepted"],
+                v["rejected"],
+                v["failed"],
+                v["unavailable"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!(["sha256:b2b2b2b2b2b2", "canary", 10, 1, 0, 3, 1]),
+            serde_json::json!(["sha256:a1a1a1a1a1a1", "active", 90, 9, 2, 0, 0]),
+        ]
+    );
+    let (status, body) = api.get_json("/api/functions").await;
+    assert_eq!((status, &body), (200, &view));
+    let (status, body) = api.get_json("/api/functions?x=1").await;
+    assert_eq!((status, &body["field"]), (400, &serde_json::json!("x")));
+
+    let mut redis = api.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    api.clean_up().await;
 }
