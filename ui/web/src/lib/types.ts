@@ -52,3 +52,28 @@ export interface Runner {
 export interface RaceView {
   producers: Runner[];
 }
+
+/** One version of a vote function, as `/api/functions` describes it. */
+export interface FunctionVersion {
+  version: string;
+  short: string;
+  source: string;
+  uploaded_at_micros: number;
+  role: 'active' | 'canary' | 'idle';
+  percent: number;
+  accepted: number;
+  rejected: number;
+  failed: number;
+  unavailable: number;
+}
+
+export interface VoteFunction {
+  name: string;
+  active: string | null;
+  canary: { version: string; percent: number } | null;
+  versions: FunctionVersion[];
+}
+
+export interface FunctionsView {
+  functions: VoteFunction[];
+}

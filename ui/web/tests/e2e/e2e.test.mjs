@@ -7,10 +7,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { postVote, root, startPipeline, waitFor } from './pipeline.mjs';
+import { moduleDir, postVote, root, startPipeline, waitFor } from './pipeline.mjs';
 
 const shots = process.env.URNA_UI_SCREENSHOTS ?? join(root, 'docs/img');
 const ALBUMS = [
@@ -129,6 +130,18 @@ test('the race panel shows both producers', async () => {
     assert.match(await lane.locator('[data-testid="p99"]').innerText(), /^\d+(\.\d+)? ms$/);
   }
   await page.locator('[data-testid="race"]').screenshot({ path: join(shots, 'race.png') });
+});
+
+test('the functions panel shows the version serving the Wasm producer and its votes', async () => {
+  const version = `sha256:${createHash('sha256').update(readFileSync(join(moduleDir, 'vote_module.wasm'))).digest('hex')}`;
+  const row = page.locator(`[data-testid="function-default"] [data-testid="version-row"][data-version="${version}"]`);
+  // The host adds its counts to the store once a second.
+  await waitFor('the active version counts every Wasm vote', async () => (await row.count()) === 1 && (await row.locator('[data-testid="version-accepted"]').innerText()).trim() === String(accepted.wasm), 15_000);
+  assert.equal(await row.getAttribute('data-role'), 'active');
+  assert.equal((await row.locator('[data-testid="version-role"]').innerText()).trim(), 'active 100 %');
+  assert.equal((await row.locator('[data-testid="version-failed"]').innerText()).trim(), '0');
+  assert.equal(await page.locator('[data-testid="version-row"]').count(), 1, 'one function, one version');
+  await page.locator('[data-testid="functions"]').screenshot({ path: join(shots, 'functions.png') });
 });
 
 test('a vote posted to each producer appears in the terminal and moves the charts', async () => {

@@ -16,7 +16,7 @@ import { randomUUID } from 'node:crypto';
 export const root = resolve(import.meta.dirname, '../../../..');
 export const webDir = resolve(import.meta.dirname, '../..');
 const binDir = process.env.URNA_BIN_DIR ?? join(root, 'target/debug');
-const moduleDir = process.env.URNA_MODULE_DIR ?? join(root, 'target/wasm32-wasip1/wasm');
+export const moduleDir = process.env.URNA_MODULE_DIR ?? join(root, 'target/wasm32-wasip1/wasm');
 
 export async function freePort() {
   return new Promise((res, rej) => {
@@ -195,7 +195,7 @@ export async function startPipeline({ producers = true } = {}) {
   };
   try {
     if (producers) {
-      const host = new Service('wasm-host', bin('urna-host'), [], { ...kafka, URNA_LISTEN: `127.0.0.1:${ports.wasm}`, URNA_MODULE_DIR: moduleDir, URNA_WASM_RUNTIME: 'wasmtime' }, logDir);
+      const host = new Service('wasm-host', bin('urna-host'), [], { ...kafka, URNA_LISTEN: `127.0.0.1:${ports.wasm}`, URNA_MODULE_DIR: moduleDir, URNA_WASM_RUNTIME: 'wasmtime', URNA_FUNCTION_STORE: 'redis', URNA_REDIS_PREFIX: names.prefix }, logDir);
       const server = new Service('grpc-server', bin('urna-grpc-server'), [], { ...kafka, URNA_GRPC_LISTEN: `127.0.0.1:${ports.grpcServer}`, URNA_METRICS_LISTEN: `127.0.0.1:${ports.grpcMetrics}` }, logDir);
       const client = new Service('grpc-client', bin('urna-grpc-client'), [], { URNA_LISTEN: `127.0.0.1:${ports.grpc}`, URNA_GRPC_SERVER_URL: `http://127.0.0.1:${ports.grpcServer}` }, logDir);
       const consumer = new Service('consumer', bin('urna-consumer'), [], { ...kafka, ...sinks, URNA_DLQ_TOPIC: `${names.topic}.dlq`, URNA_LISTEN: `127.0.0.1:${ports.consumer}`, URNA_MEMBER_NAME: 'ui-e2e-1' }, logDir);
