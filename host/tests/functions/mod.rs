@@ -846,3 +846,157 @@ async fn a_function_runs_under_its_own_limits_and_only_it() {
     assert_eq!(post_vote(&http, &evil, "B").await.0, 422);
     host.stop().await;
 }
+
+/// A Redis server of this test's own (so freezing it disturbs no other test), stopped
+/// on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (the local stack's package)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child, url }
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_function_store_stops_no_vote_and_changes_resume_after_it() {
+    let brokers = brokers();
+    let topic = urna_testkit::kafka::fresh_topic(&brokers, "fn-frozen-store", 3).await;
+    let redis = PrivateRedis::start();
+    let url = redis.url.clone();
+    let host = TestHost::start_with(&real_module(), |dir| {
+        let mut s = with_admin(dir, &brokers, &topic);
+        s.function_store = "redis".into();
+        s.http.redis_url = url;
+        s
+    })
+    .await;
+    host.wait_ready(200).await;
+    let admin = Admin::of(&host);
+    let (status, body) = admin.upload("other", &real_module(), true).await;
+    assert_eq!(status, 201, "{body}");
+    let http = reqwest::Client::new();
+    let other = format!("{}/functions/other", host.base);
+    // What `urna_function_store_up` exports (read from the host itself: the metrics
+    // registry is shared by every host of this test process).
+    let store_up = || host.functions.store_up();
+    assert!(store_up());
+
+    // Frozen for 12 s: longer than the store's 2 s connect and response timeouts and
+    // than many sync intervals. Votes need no store: every one is served by what this
+    // replica has; readiness stays green; the admin API answers 503 in bounded time.
+    redis.signal("-STOP");
+    let frozen = Instant::now();
+    let (mut votes, mut admin_503s, mut store_seen_down) = (0, 0, false);
+    while frozen.elapsed() < Duration::from_secs(12) {
+        for base in [&host.base, &other] {
+            let (status, body) = post_vote(&http, base, VOTE).await;
+            assert_eq!(status, 202, "{base} while the store is frozen: {body}");
+            votes += 1;
+        }
+        let ready = http
+            .get(format!("{}/readyz", host.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(ready.as_u16(), 200, "readiness while the store is frozen");
+        if admin_503s == 0 && frozen.elapsed() > Duration::from_secs(3) {
+            let asked = Instant::now();
+            let (status, body) = admin
+                .send(
+                    admin
+                        .http
+                        .get(format!("{}/v1/functions", admin.base))
+                        .bearer_auth(TOKEN),
+                )
+                .await;
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("function store unavailable"),
+                "{body}"
+            );
+            assert!(
+                asked.elapsed() < Duration::from_secs(6),
+                "answered in {:?}",
+                asked.elapsed()
+            );
+            admin_503s += 1;
+        }
+        store_seen_down |= !store_up();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(store_seen_down, "the host saw the store down");
+    assert_eq!(admin_503s, 1);
+
+    // Thawed: the store answers again, and a change is taken and served.
+    redis.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store_up() {
+        assert!(Instant::now() < deadline, "the store never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = admin
+        .put("other/limits", serde_json::json!({"max_instances": 2}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        admin.function("other").await["serving_here"]["limits"]["max_instances"],
+        2
+    );
+    assert_eq!(post_vote(&http, &other, VOTE).await.0, 202);
+    eprintln!(
+        "frozen function store: {votes} votes during a 12 s freeze, all 202; readiness 200 throughout"
+    );
+    host.stop().await;
+}
