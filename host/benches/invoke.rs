@@ -81,6 +81,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let runtime_name = std::env::var("URNA_WASM_RUNTIME").unwrap_or_else(|_| "wasmtime".into());
+    // WasmEdge only: the host's AOT optimisation level, as the host reads it.
+    let wasmedge = runtime::WasmEdgeOptions {
+        run_mode: RunMode::Aot,
+        aot_opt_level: std::env::var("URNA_WASMEDGE_AOT_OPT_LEVEL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(runtime::DEFAULT_AOT_OPT_LEVEL),
+    };
     let bytes = std::fs::read(module_path())
         .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", module_path().display()));
     let after_limits = Limits {
@@ -104,7 +112,7 @@ fn main() {
     let modules: Vec<_> = limits
         .iter()
         .map(|l| {
-            let rt = runtime::by_name(&runtime_name, *l, RunMode::Aot).unwrap();
+            let rt = runtime::by_name(&runtime_name, *l, wasmedge).unwrap();
             let compile = Instant::now();
             let module = rt.load(&bytes).unwrap();
             (module, compile.elapsed())
@@ -175,7 +183,7 @@ fn main() {
     let go_path = module_path().with_file_name("vote_go.wasm");
     let go_bytes = std::fs::read(&go_path)
         .unwrap_or_else(|e| panic!("{}: {e}: run `make modules`", go_path.display()));
-    let go_rt = runtime::by_name(&runtime_name, after_limits, RunMode::Aot).unwrap();
+    let go_rt = runtime::by_name(&runtime_name, after_limits, wasmedge).unwrap();
     let go_compile = Instant::now();
     let go = go_rt.load(&go_bytes).unwrap();
     println!(
@@ -218,7 +226,7 @@ fn main() {
             let dir = std::env::temp_dir().join(format!("urna-bench-{}-{k}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(urna_host::MODULE_FILE), &bytes).unwrap();
-            let engine = runtime::by_name(&runtime_name, *l, RunMode::Aot).unwrap();
+            let engine = runtime::by_name(&runtime_name, *l, wasmedge).unwrap();
             let (slot, _) =
                 urna_host::ModuleSlot::load(engine.clone(), dir.join(urna_host::MODULE_FILE), true)
                     .unwrap();

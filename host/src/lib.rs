@@ -65,6 +65,9 @@ pub struct Settings {
     /// `URNA_WASMEDGE_RUN_MODE`: `aot` (the host compiles every module itself; native
     /// code inside a module never runs), `interpreter` or `jit`. WasmEdge only.
     pub wasmedge_run_mode: runtime::RunMode,
+    /// `URNA_WASMEDGE_AOT_OPT_LEVEL`: LLVM's optimisation level (0–3) when the host
+    /// AOT-compiles a module for WasmEdge.
+    pub wasmedge_aot_opt_level: u8,
     /// `URNA_WASM_CPU_BUDGET_MS`: CPU time one invocation (instantiate + run) may use;
     /// a module that uses it is stopped and answered 500 (its fault).
     pub wasm_cpu_budget_ms: u64,
@@ -117,6 +120,7 @@ impl Default for Settings {
             module_poll_ms: 500,
             wasm_runtime: "wasmtime".into(),
             wasmedge_run_mode: runtime::RunMode::Aot,
+            wasmedge_aot_opt_level: runtime::DEFAULT_AOT_OPT_LEVEL,
             wasm_cpu_budget_ms: 100,
             wasm_wall_limit_ms: 1_000,
             wasm_slot_wait_ms: 500,
@@ -152,6 +156,11 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         // The request deadline must cover Kafka's delivery timeout (503 = not written).
         self.http.check_publishing(&self.kafka)?;
+        anyhow::ensure!(
+            self.wasmedge_aot_opt_level <= 3,
+            "URNA_WASMEDGE_AOT_OPT_LEVEL is 0-3, not {}",
+            self.wasmedge_aot_opt_level
+        );
         let parts = [
             ("URNA_WASM_SLOT_WAIT_MS", self.wasm_slot_wait_ms),
             ("URNA_WASM_WALL_LIMIT_MS", self.wasm_wall_limit_ms),
@@ -247,7 +256,11 @@ impl Host {
     pub async fn start(settings: Settings) -> anyhow::Result<Host> {
         settings.validate()?;
         let limits = settings.limits();
-        let runtime = runtime::by_name(&settings.wasm_runtime, limits, settings.wasmedge_run_mode)?;
+        let wasmedge = runtime::WasmEdgeOptions {
+            run_mode: settings.wasmedge_run_mode,
+            aot_opt_level: settings.wasmedge_aot_opt_level,
+        };
+        let runtime = runtime::by_name(&settings.wasm_runtime, limits, wasmedge)?;
         tracing::info!(
             runtime = runtime.name(),
             run_mode = runtime.run_mode(),

@@ -135,7 +135,7 @@ fn change_error(e: ChangeError) -> Response {
         ),
         ChangeError::Refusal(r) => {
             let field = match r {
-                Refusal::Invalid(_) => "percent",
+                Refusal::Invalid(field, _) => field,
                 _ => "version",
             };
             error(

@@ -248,12 +248,15 @@ impl Functions {
                 let module = deployed.module.clone();
                 let tried = tokio::task::spawn_blocking(move || module.with_limits(effective))
                     .await
-                    .map_err(|e| ChangeError::Refusal(Refusal::Invalid(e.to_string())))?;
+                    .map_err(|e| ChangeError::Refusal(Refusal::Invalid("limits", e.to_string())))?;
                 if let Err(e) = tried {
-                    return Err(ChangeError::Refusal(Refusal::Invalid(format!(
-                        "{} does not run under these limits: {e}",
-                        deployed.fingerprint
-                    ))));
+                    return Err(ChangeError::Refusal(Refusal::Invalid(
+                        "limits",
+                        format!(
+                            "{} does not run under these limits: {e}",
+                            deployed.fingerprint
+                        ),
+                    )));
                 }
             }
         }

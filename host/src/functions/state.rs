@@ -102,12 +102,17 @@ impl FunctionLimits {
         ];
         for (name, own, ceiling, setting) in checks {
             match own {
-                Some(0) => return Err(Refusal::Invalid(format!("{name} must be at least 1"))),
+                Some(0) => {
+                    return Err(Refusal::Invalid(name, format!("{name} must be at least 1")));
+                }
                 Some(n) if n > ceiling => {
-                    return Err(Refusal::Invalid(format!(
-                        "{name} {n} is over this host's {setting} ({ceiling}): a function's \
-                         limits may only be tighter than the host's"
-                    )));
+                    return Err(Refusal::Invalid(
+                        name,
+                        format!(
+                            "{name} {n} is over this host's {setting} ({ceiling}): a function's \
+                             limits may only be tighter than the host's"
+                        ),
+                    ));
                 }
                 _ => {}
             }
@@ -138,8 +143,9 @@ pub enum Refusal {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
-    Invalid(String),
+    /// A value out of its range: the field (as the admin API names it) and why.
+    #[error("{1}")]
+    Invalid(&'static str, String),
 }
 
 impl Refusal {
@@ -147,7 +153,7 @@ impl Refusal {
         match self {
             Refusal::NotFound(_) => 404,
             Refusal::Conflict(_) => 409,
-            Refusal::Invalid(_) => 422,
+            Refusal::Invalid(..) => 422,
         }
     }
 }
@@ -264,9 +270,12 @@ impl FunctionState {
             Change::SetCanary { version, percent } => {
                 next.need(version)?;
                 if !(1..=99).contains(percent) {
-                    return Err(Refusal::Invalid(format!(
-                        "a canary's percent is 1-99, not {percent} (clear it, or activate the version)"
-                    )));
+                    return Err(Refusal::Invalid(
+                        "percent",
+                        format!(
+                            "a canary's percent is 1-99, not {percent} (clear it, or activate the version)"
+                        ),
+                    ));
                 }
                 if next.active.as_deref() == Some(version.as_str()) {
                     return Err(Refusal::Conflict(format!(

@@ -40,7 +40,7 @@ pub mod wasmtime;
 /// The ABI version this host speaks (`urna_abi_version()` must return it).
 pub const ABI_VERSION: i32 = 1;
 
-pub use run_mode::{RunMode, strip_native_code};
+pub use run_mode::{DEFAULT_AOT_OPT_LEVEL, RunMode, WasmEdgeOptions, strip_native_code};
 use wasi::Ty;
 
 /// The exports the host needs: `(name, params, results)`; `memory` is checked apart.
@@ -483,15 +483,21 @@ pub fn decode_output(
     }
 }
 
-/// The runtime named by `URNA_WASM_RUNTIME`; `run_mode` matters to WasmEdge only.
-pub fn by_name(name: &str, limits: Limits, run_mode: RunMode) -> anyhow::Result<Arc<dyn Runtime>> {
+/// The runtime named by `URNA_WASM_RUNTIME`; `wasmedge` (a [`RunMode`] or the whole
+/// [`WasmEdgeOptions`]) matters to WasmEdge only.
+pub fn by_name(
+    name: &str,
+    limits: Limits,
+    wasmedge: impl Into<WasmEdgeOptions>,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    let wasmedge = wasmedge.into();
     match name {
         "wasmtime" => Ok(Arc::new(wasmtime::Wasmtime::new(limits)?)),
         #[cfg(feature = "wasmedge")]
-        "wasmedge" => Ok(Arc::new(wasmedge::WasmEdge::new(limits, run_mode)?)),
+        "wasmedge" => Ok(Arc::new(wasmedge::WasmEdge::new(limits, wasmedge)?)),
         #[cfg(not(feature = "wasmedge"))]
         "wasmedge" => {
-            let _ = run_mode;
+            let _ = wasmedge;
             anyhow::bail!("this build has no WasmEdge support: build with `--features wasmedge`")
         }
         other => anyhow::bail!("unknown Wasm runtime {other:?}: wasmtime or wasmedge"),

@@ -35,6 +35,29 @@ impl RunMode {
     }
 }
 
+/// How the WasmEdge backend runs and compiles modules (`URNA_WASMEDGE_RUN_MODE`,
+/// `URNA_WASMEDGE_AOT_OPT_LEVEL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasmEdgeOptions {
+    pub run_mode: RunMode,
+    /// LLVM's optimisation level for the host's AOT compile, 0–3. Compile time grows
+    /// much faster than the code's speed: docs/architecture.md ("No native code from
+    /// outside") has the measurements behind the default.
+    pub aot_opt_level: u8,
+}
+
+/// The default optimisation level (see [`WasmEdgeOptions::aot_opt_level`]).
+pub const DEFAULT_AOT_OPT_LEVEL: u8 = 0;
+
+impl From<RunMode> for WasmEdgeOptions {
+    fn from(run_mode: RunMode) -> Self {
+        WasmEdgeOptions {
+            run_mode,
+            aot_opt_level: DEFAULT_AOT_OPT_LEVEL,
+        }
+    }
+}
+
 /// `wasm` without its `wasmedge` custom sections (borrowed when it has none). Bytes
 /// that are not a well-formed sequence of sections come back unchanged: the loader
 /// refuses them anyway, and [`super::inspect`] has parsed them before this runs.

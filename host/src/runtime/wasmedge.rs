@@ -45,7 +45,7 @@ use wasmedge_sdk::{
 use super::wasi::{self, GuestIo};
 use super::{
     ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, Limits, LoadError, RunMode, Runtime,
-    VoteModule,
+    VoteModule, WasmEdgeOptions,
 };
 
 const WASM_PAGE: usize = 64 * 1024;
@@ -53,24 +53,30 @@ const WASM_PAGE: usize = 64 * 1024;
 pub struct WasmEdge {
     limits: Limits,
     run_mode: RunMode,
+    aot_opt_level: u8,
     /// The AOT compiler ([`RunMode::Aot`] only). One compile at a time: a module is
     /// compiled once per version, and two at once would only share the same cores.
     compiler: Option<std::sync::Mutex<Compiler>>,
 }
 
 impl WasmEdge {
-    pub fn new(limits: Limits, run_mode: RunMode) -> anyhow::Result<Self> {
+    pub fn new(limits: Limits, options: WasmEdgeOptions) -> anyhow::Result<Self> {
+        let WasmEdgeOptions {
+            run_mode,
+            aot_opt_level,
+        } = options;
         // Fail at start, not at the first load, if the configuration is refused.
         config(&limits, run_mode)?;
         let compiler = match run_mode {
             RunMode::Aot => {
-                let compiler = Compiler::new(Some(&compiler_config()?)).map_err(|e| {
-                    anyhow::anyhow!(
-                        "WasmEdge has no AOT compiler ({e}; a libwasmedge built without \
+                let compiler =
+                    Compiler::new(Some(&compiler_config(aot_opt_level)?)).map_err(|e| {
+                        anyhow::anyhow!(
+                            "WasmEdge has no AOT compiler ({e}; a libwasmedge built without \
                          LLVM?): refusing to serve interpreted. Set \
                          URNA_WASMEDGE_RUN_MODE=interpreter to run modules interpreted"
-                    )
-                })?;
+                        )
+                    })?;
                 Some(std::sync::Mutex::new(compiler))
             }
             RunMode::Interpreter => {
@@ -85,6 +91,7 @@ impl WasmEdge {
         Ok(WasmEdge {
             limits,
             run_mode,
+            aot_opt_level,
             compiler,
         })
     }
@@ -113,15 +120,21 @@ impl WasmEdge {
 }
 
 /// Universal Wasm output (the plain module plus a `wasmedge` section of native code),
-/// interruptible so that `run_func_with_timeout` can stop AOT code, optimised as
-/// `wasmedge compile` does by default, for this machine's CPU: the host compiles on
-/// the node that runs the code.
-fn compiler_config() -> anyhow::Result<Config> {
+/// interruptible so that `run_func_with_timeout` can stop AOT code, at `opt_level`, for
+/// this machine's CPU: the host compiles on the node that runs the code.
+fn compiler_config(opt_level: u8) -> anyhow::Result<Config> {
+    let level = match opt_level {
+        0 => CompilerOptimizationLevel::O0,
+        1 => CompilerOptimizationLevel::O1,
+        2 => CompilerOptimizationLevel::O2,
+        3 => CompilerOptimizationLevel::O3,
+        other => anyhow::bail!("URNA_WASMEDGE_AOT_OPT_LEVEL is 0-3, not {other}"),
+    };
     ConfigBuilder::new(CommonConfigOptions::default())
         .with_compiler_config(
             CompilerConfigOptions::new()
                 .out_format(CompilerOutputFormat::Wasm)
-                .optimization_level(CompilerOptimizationLevel::O3)
+                .optimization_level(level)
                 .interruptible(true),
         )
         .build()
@@ -174,6 +187,7 @@ impl Runtime for WasmEdge {
         loaded.check_abi()?;
         tracing::info!(
             run_mode = self.run_mode.label(),
+            aot_opt_level = self.aot_opt_level,
             stripped_native_code = info.has_wasmedge_aot,
             compile_ms,
             "WasmEdge module ready"
@@ -386,11 +400,22 @@ impl WasmEdgeModule {
             self.instantiate_and_run(instances, started, run)
         };
         let io = imports.get_host_data();
-        let result = result.map_err(|e| match e {
-            Stage::Instantiate(e) => classify(&e, io, true),
-            Stage::Call(e) => classify(&e, io, false),
-            Stage::Host(e) => e,
-        });
+        let result = match (result, io.exit_code) {
+            // WasmEdge ends a call whose guest ran `proc_exit` as if it had returned
+            // (whatever values were on its stack): an exit is a trap, as on wasmtime.
+            (Ok(_) | Err(Stage::Host(_)), Some(code)) => {
+                let mut message = wasi::GuestExit(code).to_string();
+                if let Some(output) = io.output() {
+                    message.push_str(&format!(" (output: {output})"));
+                }
+                Err(InvokeError::new(InvokeErrorKind::Trap, message))
+            }
+            (result, _) => result.map_err(|e| match e {
+                Stage::Instantiate(e) => classify(&e, io, true),
+                Stage::Call(e) => classify(&e, io, false),
+                Stage::Host(e) => e,
+            }),
+        };
         (result, instantiate, ran)
     }
 
