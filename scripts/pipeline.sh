@@ -196,7 +196,9 @@ where_to_look() {
   say "logs API /api/logs, results /api/results, race /api/race (same port)"
   say "metrics: Wasm producer :$wasm_port/metrics, gRPC front :$grpc_port/metrics, gRPC server :$grpc_metrics_port/metrics,"
   say "         consumers :${member_ports[0]}/metrics :${member_ports[1]}/metrics, API :$api_port/metrics"
-  say "vote functions (deploy, canary, rollback): URNA_ADMIN_URL=http://127.0.0.1:$admin_port URNA_ADMIN_TOKEN=\$(cat $RUN_DIR/admin-token) $bin/urna-host functions list"
+  # A WasmEdge build of the host needs libwasmedge on the library path, the CLI too.
+  local libs=""; [[ $wasm_runtime == wasmedge ]] && libs="LD_LIBRARY_PATH=$WASMEDGE_DIR/lib "
+  say "vote functions (deploy, canary, rollback): ${libs}URNA_ADMIN_URL=http://127.0.0.1:$admin_port URNA_ADMIN_TOKEN=\$(cat $RUN_DIR/admin-token) $bin/urna-host functions list"
   say "services: stack/ctl.sh status; logs: $LOG_DIR/<service>.log"
 }
 

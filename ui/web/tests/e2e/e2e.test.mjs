@@ -141,7 +141,6 @@ test('the functions panel shows the version serving the Wasm producer and its vo
   assert.equal((await row.locator('[data-testid="version-role"]').innerText()).trim(), 'active 100 %');
   assert.equal((await row.locator('[data-testid="version-failed"]').innerText()).trim(), '0');
   assert.equal(await page.locator('[data-testid="version-row"]').count(), 1, 'one function, one version');
-  await page.locator('[data-testid="functions"]').screenshot({ path: join(shots, 'functions.png') });
 });
 
 test('a vote posted to each producer appears in the terminal and moves the charts', async () => {
