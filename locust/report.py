@@ -506,7 +506,10 @@ def write_report(run: Run, files: dict[str, str], img_rel: str, html_rel: str | 
       "gRPC, any language can supply a *service* behind one `.proto`. The language matters for Wasm: the Go module "
       "(same ABI, same answers) costs about 10× the Rust module per vote in a fresh instance, most of it the Go "
       "runtime's start in every instance (`make bench`, wasm stage: \"go total\" vs \"rust total\"; host/README.md) — a "
-      "fresh-instance platform favours languages without a runtime to boot. gRPC fits when the other side is a "
+      "fresh-instance platform favours languages without a runtime to boot. On WasmEdge the gap is wider (cited, "
+      "measured outside this run in one `cargo bench --features wasmedge` run, host-compiled AOT: Rust 269 µs, Go "
+      "11.1 ms per vote, 41×), and its AOT compile costs a Go version 9.5 s per replica (host/README.md, "
+      "\"WasmEdge\"). gRPC fits when the other side is a "
       "service with its own state, scaling and team; Wasm when it is a function embedded in the request path.")
     w("- **Cold start.** A Wasm module is compiled once when loaded and then instantiated per request in "
       f"{fmt((wl.get('wasm_instantiate') or {}).get('median'), 0)} µs (Figure 3); a new gRPC server is a process "
