@@ -256,28 +256,9 @@ async fn without_its_store_a_keyed_vote_is_503_and_an_unkeyed_one_is_not_affecte
 /// clear 503 and leaves no entry; an unkeyed one goes through.
 #[tokio::test]
 async fn at_maxmemory_a_keyed_vote_is_503_and_nothing_is_written() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let dir = std::env::temp_dir().join(format!("urna-redis-oom-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut server = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--maxmemory-policy", "noeviction"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/bootstrap.sh installs it)");
-    let url = format!("redis://127.0.0.1:{port}");
+    let server =
+        urna_testkit::private_redis::PrivateRedis::start(&["--maxmemory-policy", "noeviction"]);
+    let url = server.url.clone();
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = None;
     for _ in 0..100 {
@@ -318,9 +299,7 @@ async fn at_maxmemory_a_keyed_vote_is_503_and_nothing_is_written() {
     assert_eq!(size, 0);
     assert_eq!(backend.casts.load(Ordering::SeqCst), 0);
     assert_eq!(post_unkeyed(&app.base).await, 202);
-    server.kill().unwrap();
-    server.wait().unwrap();
-    std::fs::remove_dir_all(&dir).ok();
+    drop(server);
 }
 
 async fn entry_value(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> String {

@@ -5,12 +5,14 @@
 //! - [`kafka`]: end offsets of a topic and reading the records a test produced.
 //! - [`contract`]: the producer HTTP API suite; both producers run exactly this.
 //! - [`poll`]: [`eventually`], waiting for a condition without fixed sleeps.
+//! - [`private_redis`]: a Redis of one test's own, to freeze or fill.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is the report
 
 pub mod contract;
 pub mod kafka;
 pub mod poll;
+pub mod private_redis;
 pub mod stack;
 
 pub use poll::eventually;

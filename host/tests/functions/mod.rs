@@ -865,69 +865,11 @@ async fn a_function_runs_under_its_own_limits_and_only_it() {
     host.stop().await;
 }
 
-/// A Redis server of this test's own (so freezing it disturbs no other test), stopped
-/// on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (the local stack's package)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis { child, url }
-    }
-
-    fn signal(&self, signal: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {signal}");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_function_store_stops_no_vote_and_changes_resume_after_it() {
     let brokers = brokers();
     let topic = urna_testkit::kafka::fresh_topic(&brokers, "fn-frozen-store", 3).await;
-    let redis = PrivateRedis::start();
+    let redis = urna_testkit::private_redis::PrivateRedis::start(&[]);
     let url = redis.url.clone();
     let host = TestHost::start_with(&real_module(), |dir| {
         let mut s = with_admin(dir, &brokers, &topic);
