@@ -59,7 +59,10 @@ def up_env(tmp_path):
            "URNA_STACK_DIR": str(tmp_path / "stack"), "URNA_PORT_OFFSET": str(pick_offset()),
            "URNA_KAFKA_PORT": str(free_port()), "URNA_KAFKA_CONTROLLER_PORT": str(free_port()),
            "URNA_REDIS_PORT": str(free_port()), "URNA_MONGO_PORT": str(free_port()),
-           "URNA_PROFILE": "debug", "LOAD_SECONDS": "8", "LOAD_RATE": "20", "DETACH": "1"}
+           "URNA_PROFILE": "debug", "LOAD_SECONDS": "8", "LOAD_RATE": "20", "DETACH": "1",
+           # target/debug/urna-host is shared with the other suites, which run it without
+           # libwasmedge: a WasmEdge build of it here (where ~/.wasmedge exists) breaks them.
+           "URNA_WASM_RUNTIME": "wasmtime"}
     yield env
     subprocess.run(["make", "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
 

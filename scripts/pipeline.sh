@@ -49,7 +49,10 @@ wasmedge_home() {
 wasm_runtime=wasmtime host_features=() module_dir=$root/target/wasm32-wasip1/wasm wasm_env=""
 pick_wasm_runtime() {
   local wasmedge; wasmedge=$(wasmedge_home)
-  if [[ -n $wasmedge ]]; then
+  # URNA_WASM_RUNTIME=wasmtime keeps wasmtime even where WasmEdge is installed.
+  if [[ ${URNA_WASM_RUNTIME:-} == wasmtime ]]; then
+    say "URNA_WASM_RUNTIME=wasmtime: the Wasm producer will run on wasmtime"
+  elif [[ -n $wasmedge ]]; then
     export WASMEDGE_DIR=$wasmedge
     export LD_LIBRARY_PATH=$wasmedge/lib:$wasmedge/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     wasm_runtime=wasmedge host_features=(--features urna-host/wasmedge)
