@@ -120,26 +120,30 @@ impl WasmBackend {
         &self.functions
     }
 
-    /// A slot of `slots` (the host's, or `function`'s own) by `until`, else 503.
+    /// A slot of `slots` (the host's, or `function`'s own when `own`) by `until`, else
+    /// a 503, counted in the metric and in `version`'s outcomes.
     async fn slot(
         &self,
         slots: Arc<Semaphore>,
         until: tokio::time::Instant,
-        function: Option<&FunctionName>,
+        function: &FunctionName,
+        version: &str,
+        own: bool,
     ) -> Result<OwnedSemaphorePermit, CastError> {
         match tokio::time::timeout_at(until, slots.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(CastError::Internal("invocation slots closed".into())),
             Err(_) => {
-                let runtime = self.functions.runtime_name();
-                let whose = function.map_or_else(
-                    || "no Wasm invocation slot".to_owned(),
-                    |f| format!("no invocation slot of function {f} (its max_instances)"),
-                );
                 metrics::counter!("urna_wasm_invocations_total",
-                    "runtime" => runtime, "outcome" => "no_slot",
-                    "function" => function.map_or_else(String::new, ToString::to_string))
+                    "runtime" => self.functions.runtime_name(), "outcome" => "no_slot",
+                    "function" => function.to_string(), "version" => Functions::label(version))
                 .increment(1);
+                self.functions.note_outcome(function, version, "no_slot");
+                let whose = if own {
+                    format!("no invocation slot of function {function} (its max_instances)")
+                } else {
+                    "no Wasm invocation slot".to_owned()
+                };
                 Err(CastError::Unavailable(format!(
                     "{whose} became free within {} ms",
                     self.slot_wait.as_millis()
@@ -171,25 +175,15 @@ impl WasmBackend {
         let queued = Instant::now();
         // One wait for both: the function's own slot (if it has a cap), then the host's.
         let wait_until = tokio::time::Instant::now() + self.slot_wait;
-        let no_slot = |e| {
-            self.functions
-                .note_outcome(function, &deployed.fingerprint, "no_slot");
-            e
-        };
+        let version = &deployed.fingerprint;
         let function_permit = match slots {
-            Some(slots) => Some(
-                self.slot(slots, wait_until, Some(function))
-                    .await
-                    .map_err(no_slot)?,
-            ),
+            Some(own) => Some(self.slot(own, wait_until, function, version, true).await?),
             None => None,
         };
-        let permit = (
-            function_permit,
-            self.slot(self.slots.clone(), wait_until, None)
-                .await
-                .map_err(no_slot)?,
-        );
+        let host_permit = self
+            .slot(self.slots.clone(), wait_until, function, version, false)
+            .await?;
+        let permit = (function_permit, host_permit);
         let generation = self.functions.generation();
         let version = deployed.fingerprint.clone();
         let version_label = Functions::label(&version);

@@ -118,10 +118,9 @@ impl Functions {
                 tracing::warn!(error = %e, %version, "function store unreachable: serving the new module file here only until it answers");
                 let _updating = self.updating.lock().await;
                 let default = FunctionName::default_function();
-                let limits = self
-                    .serving(&default)
-                    .map_or(self.host_limits, |s| s.limits);
-                let slots = self.serving(&default).and_then(|s| s.slots.clone());
+                let serving = self.serving(&default);
+                let limits = serving.as_ref().map_or(self.host_limits, |s| s.limits);
+                let slots = serving.and_then(|s| s.slots.clone());
                 let active = self.limited(&deployed, limits)?;
                 self.swap(
                     &default,
