@@ -26,7 +26,8 @@ pub struct KafkaSettings {
     pub kafka_delivery_timeout_ms: u64,
     /// `URNA_KAFKA_QUEUE_MAX_MESSAGES`: bound of the producer's local queue.
     pub kafka_queue_max_messages: u32,
-    /// `URNA_KAFKA_LINGER_MS`: batching delay; small, since every request waits for its ack.
+    /// `URNA_KAFKA_LINGER_MS`: batching delay. 0: every request waits for its ack, and a
+    /// 1-ms linger cost ~1.4 ms of ack wait (librdkafka's timer) with no CPU saved.
     pub kafka_linger_ms: u32,
     /// `URNA_KAFKA_PROBE_INTERVAL_MS`: how often readiness (the topic's metadata) is probed.
     pub kafka_probe_interval_ms: u64,
@@ -48,7 +49,7 @@ impl Default for KafkaSettings {
             kafka_topic: "votes".into(),
             kafka_delivery_timeout_ms: 5_000,
             kafka_queue_max_messages: 10_000,
-            kafka_linger_ms: 1,
+            kafka_linger_ms: 0,
             kafka_probe_interval_ms: 1_000,
             shutdown_flush_ms: 10_000,
             kafka_rebuild_after_ms: 15_000,
