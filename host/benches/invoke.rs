@@ -11,10 +11,11 @@
 //!   held by a looping module (the time the host tests no longer assert).
 //!
 //! Every Wasm line is measured twice, interleaved vote by vote in this one run:
-//! `[before]` with the settings the host had before the Wasm path was made cheap (no
-//! pool memory kept resident, so every slot is reset by `madvise` and faulted in again;
-//! `spawn_blocking` hand-off) and `[after]` with the host's defaults
-//! (`URNA_WASM_KEEP_RESIDENT_KB` with `PAGEMAP_SCAN`; `block_in_place`).
+//! `[before]` with the host's earlier hand-off (`block_in_place` of the synchronous
+//! call, [`Handoff::InPlace`]) and `[after]` with its default (the call as a future on
+//! the worker, [`Handoff::OnWorker`]); the same limits for both, so the `wasm *` lines
+//! (no hand-off) differ only by noise. The pool's reset in place is measured by
+//! `benches/fresh.rs`.
 //!
 //! `go instantiate` / `go run` / `go total` are the same fresh instance of the Go module
 //! (`vote_go.wasm`, wasm-modules/vote-go) with the host's defaults, interleaved vote by
@@ -102,12 +103,8 @@ fn main() {
             .unwrap_or(urna_host::Settings::default().wasm_keep_resident_kb as usize)
             << 10,
     };
-    let before_limits = Limits {
-        keep_resident_bytes: 0,
-        ..after_limits
-    };
-    let limits = [before_limits, after_limits];
-    let handoffs = [Handoff::BlockingPool, Handoff::InPlace];
+    let limits = [after_limits, after_limits];
+    let handoffs = [Handoff::InPlace, Handoff::OnWorker];
     let names = ["[before]", "[after]"];
     let modules: Vec<_> = limits
         .iter()
@@ -120,7 +117,8 @@ fn main() {
         .collect();
     println!(
         "runtime={runtime_name} module={} ({} bytes) compile+ABI check {:?}; \
-         keep_resident [before] 0 KiB, [after] {} KiB; PAGEMAP_SCAN available: {}",
+         keep_resident {} KiB; hand-off [before] block_in_place, [after] on the worker; \
+         PAGEMAP_SCAN available: {}",
         module_path().display(),
         bytes.len(),
         modules[1].1,

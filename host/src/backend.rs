@@ -1,25 +1,23 @@
 //! The `VoteBackend` of the Wasm producer.
 //!
-//! Where the Wasm call runs: on the request's own thread, inside
-//! [`tokio::task::block_in_place`], behind a semaphore of `max_instances` slots
-//! ([`Handoff::InPlace`]). Reasons:
-//! - an invocation is CPU-bound and may run until it is stopped (a looping module); run
-//!   plainly on an async worker it would stall every other connection of that worker
-//!   (2 workers on this machine) for that long, health checks included.
-//!   `block_in_place` first hands the worker's other tasks to another thread, so they
-//!   keep running while this thread is in the module;
-//! - the invoking thread's CPU clock decides whose fault a stop is, so the invocation
-//!   must have a thread to itself for its duration: it does, the request's task waits
-//!   for nothing else meanwhile (the request deadline cannot pass during the call: the
-//!   wall limit fits inside it, [`crate::Settings::validate`]);
-//! - the semaphore keeps the number of threads and pool slots bounded.
+//! Where the Wasm call runs, behind a semaphore of `max_instances` slots:
+//! - **wasmtime** ([`Handoff::OnWorker`]): on the request's own tokio worker, as a
+//!   future ([`crate::runtime::VoteModule::invoke_async`]) that yields at every epoch
+//!   tick (1 ms), so a looping module gives the worker back to its other connections
+//!   (health checks included) every millisecond until its budget stops it; the CPU
+//!   clock of each poll is added up, whichever worker runs it. No thread hand-off: the
+//!   `block_in_place` this replaced handed the worker's tasks to another thread for
+//!   every vote, and at saturation the host grew ~40 worker threads and ~2.7 context
+//!   switches per vote (docs/architecture.md, Performance).
+//! - **WasmEdge**, whose calls block: inside [`tokio::task::block_in_place`]
+//!   ([`Handoff::InPlace`]), which first hands the worker's other tasks to another
+//!   thread; the invoking thread's CPU clock decides whose fault a stop is. On a
+//!   current-thread runtime, where `block_in_place` is not allowed, `spawn_blocking`
+//!   ([`Handoff::BlockingPool`]). Both are kept to measure against.
 //!
-//! The earlier hand-off, `spawn_blocking` and awaiting its result ([`Handoff::BlockingPool`],
-//! still used on a current-thread runtime, where `block_in_place` is not allowed), costs
-//! two thread wake-ups per vote: ~16 µs at p50 on the 2-core development machine
-//! against ~4 µs for `block_in_place` (`cargo bench -p urna-host --bench fresh`, hand-off
-//! of a 15 µs call; docs/benchmarks.md). `urna_wasm_queue_duration_seconds` measures
-//! either.
+//! The request deadline cannot pass during the call: the wall limit fits inside it
+//! ([`crate::Settings::validate`]). `urna_wasm_queue_duration_seconds` measures the
+//! wait for a slot (and the hand-off, where there is one).
 //!
 //! Time bounds, so that a 503 always means "not written": the wait for a slot is bounded
 //! by `URNA_WASM_SLOT_WAIT_MS` and the module's run by its wall limit
@@ -54,12 +52,15 @@ pub struct WasmBackend {
     handoff: Handoff,
 }
 
-/// How an invocation leaves the async code (module docs).
+/// Where an invocation runs (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Handoff {
-    /// `block_in_place` on a multi-thread runtime (the default); `spawn_blocking` on a
-    /// current-thread runtime.
+    /// On the request's own worker where the runtime's calls yield (wasmtime); else as
+    /// [`Handoff::InPlace`].
     #[default]
+    OnWorker,
+    /// `block_in_place` on a multi-thread runtime; `spawn_blocking` on a current-thread
+    /// runtime (kept to measure against).
     InPlace,
     /// Always `spawn_blocking` and await it (kept to measure against).
     BlockingPool,
@@ -193,21 +194,34 @@ impl WasmBackend {
             id,
             accepted_at_micros: at,
         } = stamp;
-        let invoke = move || {
-            let _permit = permit;
+        let on_worker = match self.handoff {
+            Handoff::OnWorker => deployed.module.invoke_async(&body, id, at),
+            Handoff::InPlace | Handoff::BlockingPool => None,
+        };
+        let invocation = if let Some(call) = on_worker {
             metrics::histogram!("urna_wasm_queue_duration_seconds")
                 .record(queued.elapsed().as_secs_f64());
-            deployed.module.invoke(&body, id, at)
-        };
-        let in_place = self.handoff == Handoff::InPlace
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-        let invocation = if in_place {
-            tokio::task::block_in_place(invoke)
+            let invocation = call.await;
+            drop(permit);
+            invocation
         } else {
-            tokio::task::spawn_blocking(invoke).await.map_err(|e| {
-                CastError::Internal(format!("vote module invocation did not complete: {e}"))
-            })?
+            let (module, body) = (deployed.module.clone(), body.clone());
+            let invoke = move || {
+                let _permit = permit;
+                metrics::histogram!("urna_wasm_queue_duration_seconds")
+                    .record(queued.elapsed().as_secs_f64());
+                module.invoke(&body, id, at)
+            };
+            let in_place = self.handoff != Handoff::BlockingPool
+                && tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread;
+            if in_place {
+                tokio::task::block_in_place(invoke)
+            } else {
+                tokio::task::spawn_blocking(invoke).await.map_err(|e| {
+                    CastError::Internal(format!("vote module invocation did not complete: {e}"))
+                })?
+            }
         };
 
         let Invocation {

@@ -512,8 +512,9 @@ async fn misbehaving_module_fails_its_requests_only_and_the_host_keeps_serving()
     let http = reqwest::Client::new();
 
     // Eight looping requests at once (as many as there are instance slots); while all
-    // eight slots are busy the health endpoint keeps answering: the loops run off the
-    // async workers. (How fast it answers is measured in `benches/invoke.rs`.)
+    // eight slots are busy the health endpoint keeps answering on the test's 2 workers:
+    // each loop yields its worker at every epoch tick until its budget stops it. (How
+    // fast it answers is measured in `benches/invoke.rs`.)
     let loops: Vec<_> = (0..8)
         .map(|_| {
             let (http, base) = (http.clone(), host.base.clone());

@@ -27,6 +27,8 @@
 //! implements the same trait with the WasmEdge SDK.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +106,19 @@ pub trait VoteModule: Send + Sync + 'static {
     /// (its pool's slot size and count are fixed).
     fn with_limits(&self, limits: Limits) -> Result<Arc<dyn VoteModule>, LoadError>;
 
+    /// [`VoteModule::invoke`] as a future that never holds its thread for longer than
+    /// one epoch tick (it yields, and is stopped in the same way), so an async worker
+    /// can run it without handing its other tasks to another thread; `None` where the
+    /// runtime's calls block (WasmEdge): then the caller moves `invoke` off the workers.
+    fn invoke_async<'a>(
+        &'a self,
+        _body: &'a [u8],
+        _id: uuid::Uuid,
+        _accepted_at_micros: i64,
+    ) -> Option<InvokeFuture<'a>> {
+        None
+    }
+
     /// Runs one request body in a fresh instance and says whose fault a stop was (see
     /// the module docs). Blocking, CPU-bound, bounded by the wall limit: call it off the
     /// async workers.
@@ -117,6 +132,9 @@ pub trait VoteModule: Send + Sync + 'static {
         invocation
     }
 }
+
+/// An invocation running as a future ([`VoteModule::invoke_async`]).
+pub type InvokeFuture<'a> = Pin<Box<dyn Future<Output = Invocation> + Send + 'a>>;
 
 /// Turns a stop into the module's fault or the machine's (module docs).
 pub fn attribute_stop(error: &mut InvokeError, cpu_used: Duration, cpu_budget: Duration) {

@@ -8,11 +8,15 @@
 //!   instantiates it into a **new [`Store`]** that is dropped afterwards: no state
 //!   survives a request.
 //! - Budget by **epoch interruption**: a ticker thread bumps the engine's epoch every
-//!   millisecond; when a store's epoch deadline passes, a callback reads the thread's CPU
-//!   clock and either stops the module (CPU budget used, or wall limit reached) or lets
-//!   it run until the earlier of the two could next be reached. Cheaper than fuel (a
-//!   load and compare at loop headers and function entries, no counting), and it
-//!   charges the module only for the CPU time it really got.
+//!   millisecond; at each tick a running store's callback reads the CPU time the
+//!   invocation has used ([`cpu::Meter`]) and either stops the module (CPU budget used,
+//!   or wall limit reached) or **yields**: calls are async (`async_support`), so an
+//!   invocation runs on the tokio worker that took the request, without handing the
+//!   worker's other tasks to another thread, and a module that loops gives the worker
+//!   back every millisecond until it is stopped. Cheaper than fuel (a load and compare
+//!   at loop headers and function entries, no counting), and it charges the module only
+//!   for the CPU time it really got. Synchronous callers (the trial, tests) run the same
+//!   future to completion on their own thread.
 //! - Memory cap by a [`ResourceLimiter`] that traps on growth past the cap (and the
 //!   pool's `max_memory_size` as the hard bound behind it).
 
@@ -28,8 +32,8 @@ use wasmtime::{
 
 use super::wasi::{self, GuestIo};
 use super::{
-    ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, Limits, LoadError, Runtime, VoteModule,
-    cpu,
+    ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, InvokeFuture, Limits, LoadError,
+    Runtime, VoteModule, attribute_stop, cpu,
 };
 
 /// Epoch tick: the granularity of the budget checks.
@@ -37,13 +41,13 @@ const TICK: Duration = Duration::from_millis(1);
 /// Pool slots beyond `max_instances`, for the trial instances of modules being loaded.
 const SPARE_INSTANCES: u32 = 4;
 
-/// What one store carries: the guest's WASI state, the limiter, and when the
-/// invocation started (wall clock and the thread's CPU clock).
+/// What one store carries: the guest's WASI state, the limiter, when the invocation
+/// started and the CPU time it has used.
 struct Ctx {
     io: GuestIo,
     limiter: Limiter,
     started: Instant,
-    cpu_start: Duration,
+    cpu: Arc<cpu::Meter>,
 }
 
 struct Limiter {
@@ -95,6 +99,8 @@ impl Wasmtime {
             .total_memories(slots)
             .total_tables(slots)
             .max_memory_size(limits.memory_bytes)
+            // The async calls' fiber stacks, one per instance.
+            .total_stacks(slots)
             // The per-vote reset of a slot's memory (benches/fresh.rs measures it): with
             // Linux's PAGEMAP_SCAN (6.7+) wasmtime finds the pages the instance wrote and
             // copies the image back into just those (up to `keep_resident` bytes), so the
@@ -108,6 +114,7 @@ impl Wasmtime {
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
+            .async_support(true)
             .memory_init_cow(true)
             .max_wasm_stack(512 * 1024);
         let engine = Engine::new(&config).context("wasmtime engine")?;
@@ -198,13 +205,10 @@ struct WasmtimeModule {
     limits: Limits,
 }
 
-/// Epoch ticks until `left` has passed (+1: the epoch may tick right after it is set).
-fn ticks(left: Duration) -> u64 {
-    (left.as_millis() as u64).div_ceil(TICK.as_millis() as u64) + 1
-}
-
 impl WasmtimeModule {
-    fn new_store(&self) -> Store<Ctx> {
+    /// A store for one invocation whose CPU time `cpu` measures (the caller polls the
+    /// invocation inside [`cpu::metered`] with it).
+    fn new_store(&self, cpu: Arc<cpu::Meter>) -> Store<Ctx> {
         let mut store = Store::new(
             self.pre.module().engine(),
             Ctx {
@@ -214,49 +218,52 @@ impl WasmtimeModule {
                     denied: false,
                 },
                 started: Instant::now(),
-                cpu_start: cpu::thread_cpu_time(),
+                cpu,
             },
         );
         store.limiter(|cx| &mut cx.limiter);
-        // The budget covers instantiation (and `_initialize`) and the call. The first
-        // check comes when the budget could be used up at the earliest.
+        // The budget covers instantiation (and `_initialize`) and the call. Checked at
+        // every tick, which is also when a running module yields its worker.
         let Limits {
             cpu_budget,
             wall_limit,
             ..
         } = self.limits;
-        store.set_epoch_deadline(ticks(cpu_budget.min(wall_limit)));
+        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |cx| {
             let cx = cx.data();
-            let used = cpu::thread_cpu_time().saturating_sub(cx.cpu_start);
-            let elapsed = cx.started.elapsed();
-            if used >= cpu_budget || elapsed >= wall_limit {
+            if cx.cpu.used() >= cpu_budget || cx.started.elapsed() >= wall_limit {
                 // Whose fault it was is decided from the CPU time afterwards.
                 return Err(Trap::Interrupt.into());
             }
-            let left = (cpu_budget - used).min(wall_limit - elapsed);
-            Ok(UpdateDeadline::Continue(ticks(left)))
+            Ok(UpdateDeadline::Yield(1))
         });
         store
     }
 
     /// A fresh instance in `store`, initialised.
-    fn start(&self, store: &mut Store<Ctx>) -> anyhow::Result<wasmtime::Instance> {
-        let instance = self.pre.instantiate(&mut *store)?;
+    async fn start(&self, store: &mut Store<Ctx>) -> anyhow::Result<wasmtime::Instance> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
         if let Some(init) = &self.initialize {
             let f = func(store, &instance, init)?.typed::<(), ()>(&*store)?;
-            f.call(&mut *store, ())?;
+            f.call_async(&mut *store, ()).await?;
         }
         Ok(instance)
     }
 
     /// A trial instance: every export has the ABI's type and the version is 1.
     fn check_abi(&self) -> Result<(), LoadError> {
+        let meter = Arc::new(cpu::Meter::default());
+        futures::executor::block_on(cpu::metered(&meter, self.check_abi_in(meter.clone())))
+    }
+
+    async fn check_abi_in(&self, meter: Arc<cpu::Meter>) -> Result<(), LoadError> {
         let abi = |e: anyhow::Error| LoadError::Abi(format!("{e:#}"));
-        let mut store = self.new_store();
+        let mut store = self.new_store(meter);
         let s = &mut store;
         let instance = self
             .start(s)
+            .await
             .map_err(|e| LoadError::Abi(format!("trial instance: {}", classify(e, None, true))))?;
         instance
             .get_module_export(&mut *s, &self.memory)
@@ -266,7 +273,8 @@ impl WasmtimeModule {
             .and_then(|f| f.typed::<(), i32>(&*s))
             .context("urna_abi_version: () -> i32")
             .map_err(abi)?
-            .call(&mut *s, ())
+            .call_async(&mut *s, ())
+            .await
             .map_err(|e| {
                 LoadError::Abi(format!("urna_abi_version: {}", classify(e, None, false)))
             })?;
@@ -286,7 +294,7 @@ impl WasmtimeModule {
         Ok(())
     }
 
-    fn run(
+    async fn run(
         &self,
         store: &mut Store<Ctx>,
         instance: &wasmtime::Instance,
@@ -302,12 +310,14 @@ impl WasmtimeModule {
         let handle = func(store, instance, &self.handle)?
             .typed::<(i32, i32, i64, i64, i64), i64>(&*store)?;
         let len = i32::try_from(body.len()).context("body length")?;
-        let ptr = alloc.call(&mut *store, len)?;
+        let ptr = alloc.call_async(&mut *store, len).await?;
         memory
             .write(&mut *store, ptr as u32 as usize, body)
             .map_err(|_| bad_output("urna_alloc returned a buffer outside memory"))?;
         let (hi, lo) = id.as_u64_pair();
-        let packed = handle.call(&mut *store, (ptr, len, hi as i64, lo as i64, at))?;
+        let packed = handle
+            .call_async(&mut *store, (ptr, len, hi as i64, lo as i64, at))
+            .await?;
         let (out_ptr, out_len) = ((packed >> 32) as u32 as usize, packed as u32 as usize);
         let data = memory.data(&*store);
         let out = out_ptr
@@ -375,9 +385,44 @@ impl VoteModule for WasmtimeModule {
     }
 
     fn invoke_instance(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
+        let meter = Arc::new(cpu::Meter::default());
+        futures::executor::block_on(cpu::metered(
+            &meter,
+            self.fresh_instance(body, id, accepted_at_micros, meter.clone()),
+        ))
+    }
+
+    fn invoke_async<'a>(
+        &'a self,
+        body: &'a [u8],
+        id: uuid::Uuid,
+        accepted_at_micros: i64,
+    ) -> Option<InvokeFuture<'a>> {
+        Some(Box::pin(async move {
+            let meter = Arc::new(cpu::Meter::default());
+            let run = self.fresh_instance(body, id, accepted_at_micros, meter.clone());
+            let mut invocation = cpu::metered(&meter, run).await;
+            invocation.cpu = meter.used();
+            if let Err(e) = &mut invocation.result {
+                attribute_stop(e, invocation.cpu, self.limits.cpu_budget);
+            }
+            invocation
+        }))
+    }
+}
+
+impl WasmtimeModule {
+    /// One invocation in a fresh store and instance, its CPU time measured by `meter`.
+    async fn fresh_instance(
+        &self,
+        body: &[u8],
+        id: uuid::Uuid,
+        accepted_at_micros: i64,
+        meter: Arc<cpu::Meter>,
+    ) -> Invocation {
         let started = Instant::now();
-        let mut store = self.new_store();
-        let instance = match self.start(&mut store) {
+        let mut store = self.new_store(meter);
+        let instance = match self.start(&mut store).await {
             Ok(instance) => instance,
             Err(e) => {
                 return Invocation {
@@ -392,6 +437,7 @@ impl VoteModule for WasmtimeModule {
         let running = Instant::now();
         let result = self
             .run(&mut store, &instance, body, id, accepted_at_micros)
+            .await
             .map_err(|e| classify(e, Some(store.data()), false));
         // Dropping the store returns the instance's slot to the pool (resetting its
         // memory): part of the per-request cost, so inside `run`.
@@ -401,7 +447,7 @@ impl VoteModule for WasmtimeModule {
             result,
             instantiate,
             run,
-            cpu: Duration::ZERO, // measured by `VoteModule::invoke`
+            cpu: Duration::ZERO, // measured by the caller's meter
         }
     }
 }
