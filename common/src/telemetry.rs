@@ -10,6 +10,9 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). JSON when `URNA_LOG_JSON=1`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,6 +42,18 @@ pub fn metrics() -> PrometheusHandle {
             // Fails only if another recorder is installed; then ours still renders
             // what it records, which is what tests embedding several services need.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples wait in a queue until a scrape or an upkeep folds them
+            // into the buckets: without one, an unscraped service's memory grows with
+            // every vote.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
             handle
         })
         .clone()
