@@ -86,9 +86,10 @@ stack-status:
 
 ## bench: urna against this machine's limits (HTTP ceiling, Kafka's perf test, each sink's
 ##        ceiling, the native call), each measured in the same run; writes docs/benchmarks.md.
-##        A part: make bench BENCH_ARGS='--only http,e2e --repeats 1'
+##        A part: make bench BENCH_ARGS='--only http,e2e --repeats 1'; beside an earlier
+##        commit's binaries: make bench BENCH_BEFORE=9c56b00
 bench: bootstrap
-	scripts/bench.sh $(BENCH_ARGS)
+	BENCH_BEFORE=$(BENCH_BEFORE) scripts/bench.sh $(BENCH_ARGS)
 
 ## images: build every service's image as docker.io/$(DOCKERHUB_NAMESPACE)/<name>:$(IMAGE_TAG)
 ##         with docker or podman (scripts/images.sh; the chart's global.image.* values)

@@ -4,9 +4,8 @@ taken in the same run, and docs/benchmarks.md written from the figures.
     python3 bench/run.py [--repeats 3] [--seconds 10] [--only http,e2e,cpu,kafka,sinks,wasm,logs]
 
 Stages (bench/stages/): `http` (each producer vs a handler that only answers 202, at
-saturation and at 20 % of it), `e2e` (acceptance → visible, before/after the consumer's
-batching change), `cpu` (CPU per vote per process, both producers saturated, before/after
-the consumer's changes), `kafka` (the producers' Kafka settings vs
+saturation and at 20 % of it), `e2e` (acceptance → visible at 200 and 1,000 votes/s),
+`cpu` (CPU per vote per process, both producers saturated), `kafka` (the producers' Kafka settings vs
 Kafka's own perf test), `sinks` (the consumer vs each sink's ceiling), `wasm` (a fresh Wasm
 instance vs the native call), `logs` (latest 20 and a vote's way to the log stream at
 1,000,000 logs, vs the API's old queries). Build and stack first: scripts/bench.sh does both.
@@ -49,30 +48,13 @@ def main() -> int:
         if stage not in only:
             continue
         log("stage %s" % stage)
-        if stage == "e2e":
-            from bench.stages import e2e
-            sat = results["http"].data["saturation"] if "http" in results else measured_saturation(ctx)
-            results[stage] = e2e.run(ctx, sat)
-        else:
-            module = __import__("bench.stages." + stage, fromlist=["run"])
-            results[stage] = module.run(ctx)
+        module = __import__("bench.stages." + stage, fromlist=["run"])
+        results[stage] = module.run(ctx)
     out = REPO / "docs" / "benchmarks.md" if set(only) == set(ALL) and not ctx.quick else REPO / ".stack" / "bench-partial.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report(header, results))
     log("wrote %s" % out.relative_to(REPO))
     return 0
-
-
-def measured_saturation(ctx: Ctx) -> dict:
-    """For `--only e2e`: the producers' saturation, measured once now."""
-    from bench.stages import load
-    p = load.pipeline("bench-sat")
-    try:
-        return {prod: load.accepted_per_s(load.oha(url + "/votes", ctx.seconds), ctx.seconds)
-                for prod, url in (("wasm", p.wasm_url), ("grpc", p.grpc_url))}
-    finally:
-        p.stop()
-        p.drop_state()
 
 
 def first_line(*cmd: str) -> str:
@@ -111,6 +93,7 @@ def machine(ctx: Ctx) -> dict:
         "oha": first_line(str(REPO / ".cache" / "cargo-tools" / "bin" / "oha"), "--version"),
         "java": java_version(),
         "settings": "--repeats %d --seconds %g" % (ctx.repeats, ctx.seconds),
+        "before": os.environ.get("URNA_BENCH_BEFORE_COMMIT", "") if os.environ.get("URNA_BENCH_BEFORE") else "",
     }
 
 
@@ -149,14 +132,16 @@ def report(h: dict, results: dict[str, Result]) -> str:
         "",
         "## Summary: urna against the limits",
         "",
-        "`ratio` says how the two columns compare (the last column names which over which).",
+        "`ratio` says how urna and the limit compare (the last column names which over which).",
+        "`before` is the same figure from the release binaries of commit %s, measured in this run," % (h["before"] or "—"),
+        "interleaved with HEAD's (scripts/bench.sh BENCH_BEFORE=<commit>); empty where a stage has none.",
         "",
-        "| stage | urna | limit (same run) | ratio | |",
-        "|---|---|---|---:|---|",
+        "| stage | before: %s | urna | limit (same run) | ratio | |" % (h["before"] or "—"),
+        "|---|---|---|---|---:|---|",
     ]
     for res in results.values():
         for r in res.rows:
-            lines.append("| %s | %s | %s | %s | %s |" % (r.stage, r.urna, r.limit, r.ratio, r.note))
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (r.stage, r.before or "", r.urna, r.limit, r.ratio, r.note))
     lines.append("")
     lines.append("What the figures mean, and what moved them: docs/architecture.md (Performance).")
     lines.append("")

@@ -5,7 +5,10 @@
 # clients), builds the release binaries and the vote module, and starts the local stack if
 # it is down (stopping it again at the end). Arguments go to bench/run.py, e.g.
 #   scripts/bench.sh --only http,e2e --repeats 1        # a part, to .stack/bench-partial.md
-# Nothing here is a test: no figure fails the run. Takes about 15 minutes.
+# BENCH_BEFORE=<commit>: also the release binaries of that commit (built once into
+# .cache/bench-before/<commit>/ from a git worktree; ~15 minutes the first time), measured
+# beside HEAD's in the HTTP, end-to-end and CPU stages (docs/benchmarks.md's `before`).
+# Nothing here is a test: no figure fails the run. Takes about 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,5 +29,24 @@ if ! stack/status.sh --quiet; then
   started_stack=1
 fi
 trap '[ "$started_stack" = 1 ] && stack/down.sh >/dev/null 2>&1 || true' EXIT
+
+if [ -n "${BENCH_BEFORE:-}" ]; then
+  before_commit=$(git rev-parse --short "$BENCH_BEFORE^{commit}")
+  before_dir=$PWD/.cache/bench-before/$before_commit
+  if [ ! -x "$before_dir/urna-host" ]; then
+    echo "[bench] building the release binaries of $before_commit into $before_dir"
+    tree=$PWD/.cache/bench-before/src
+    git worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
+    git worktree add -q --detach "$tree" "$before_commit"
+    (cd "$tree" && cargo build -q --release --target-dir "$PWD/../target" \
+      -p urna-host -p urna-grpc -p urna-consumer)
+    mkdir -p "$before_dir"
+    for b in urna-host urna-grpc-client urna-grpc-server urna-consumer; do
+      cp "$PWD/.cache/bench-before/target/release/$b" "$before_dir/"
+    done
+    git worktree remove --force "$tree"
+  fi
+  export URNA_BENCH_BEFORE=$before_dir URNA_BENCH_BEFORE_COMMIT=$before_commit
+fi
 
 python3 bench/run.py "$@"

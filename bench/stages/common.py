@@ -29,6 +29,7 @@ class Row:
     limit: str
     ratio: str
     note: str = ""
+    before: str = ""  # the same figure from the earlier commit's binaries, same run
 
 
 @dataclass

@@ -1,8 +1,6 @@
 """CPU per vote per component: both producers saturated at once with the whole pipeline
-up, on two pipelines that differ only in the consumer's settings — `before` (a batch
-lingered 20 ms after its first record and every batch was committed to Kafka) and `after`
-(the defaults: a batch is what is fetched; Kafka commits at most once a second) —
-interleaved, in the same run."""
+up; with an earlier commit's binaries (load.BEFORE) their pipeline too (`before`),
+interleaved with HEAD's (`after`) in the same run."""
 from __future__ import annotations
 
 import subprocess
@@ -10,14 +8,14 @@ import subprocess
 from . import load
 from .common import Ctx, Result, Row, log, median, spread
 
-VARIANTS = {"before": {"URNA_BATCH_LINGER_MS": "20", "URNA_COMMIT_INTERVAL_MS": "0"}, "after": {}}
 SHARED = "all votes"
 
 
 def run(ctx: Ctx) -> Result:
-    per = {v: {} for v in VARIANTS}  # variant → process → [µs per vote]
-    rates = {v: [] for v in VARIANTS}
-    pipes = {v: load.pipeline("bench-cpu-" + v, env=env) for v, env in VARIANTS.items()}
+    bins = {"before": load.BEFORE, "after": None} if load.BEFORE else {"after": None}
+    per = {v: {} for v in bins}  # variant → process → [µs per vote]
+    rates = {v: [] for v in bins}
+    pipes = {v: load.pipeline("bench-cpu-" + v, bin_dir=b) for v, b in bins.items()}
     for p in pipes.values():
         load.warm_up(p)
     try:
@@ -33,12 +31,17 @@ def run(ctx: Ctx) -> Result:
         for p in pipes.values():
             p.stop()
             p.drop_state()
-    total = {v: [sum(xs) for xs in zip(*per[v].values())] for v in VARIANTS}
-    rows = [
-        Row("CPU per vote, whole pipeline, both producers saturated (µs; before = old consumer settings)",
-            spread(total["after"], "{:.0f}"), spread(total["before"], "{:.0f}"),
-            "%.2f" % (median(total["after"]) / median(total["before"])), "after / before"),
-    ]
+    total = {v: [sum(xs) for xs in zip(*per[v].values())] for v in bins}
+
+    def before(name: str) -> str:
+        return spread(per["before"][name], "{:.0f}") if "before" in per else ""
+    rows = [Row("CPU per vote, %s, both producers saturated (µs)" % name, spread(per["after"][name], "{:.0f}"),
+                "—", "", "goal: %s" % goal, before=before(name))
+            for name, goal in (("Wasm producer (urna-host)", "≤ 60"),
+                               ("gRPC producer, HTTP front (urna-grpc-client)", "front + server ≤ 100"),
+                               ("gRPC producer, server (urna-grpc-server)", "front + server ≤ 100"))]
+    rows.append(Row("CPU per vote, whole pipeline, both producers saturated (µs)", spread(total["after"], "{:.0f}"),
+                    "—", "", "", before=spread(total["before"], "{:.0f}") if "before" in total else ""))
     return Result(rows=rows, markdown=markdown(ctx, per, rates, total))
 
 
@@ -76,6 +79,7 @@ def measure(p, seconds: float) -> tuple[int, dict[str, float]]:
 
 
 def markdown(ctx: Ctx, per: dict, rates: dict, total: dict) -> str:
+    variants = list(per)
     lines = [
         "## CPU per vote, per component",
         "",
@@ -83,18 +87,16 @@ def markdown(ctx: Ctx, per: dict, rates: dict, total: dict) -> str:
         "%d rounds. CPU time (user + system, /proc/<pid>/stat) of each process from the start of" % ctx.repeats,
         "the load until the last accepted vote is counted, divided by the votes it served: a",
         "producer's processes by its own votes, the shared ones (members, Kafka, Redis, FerretDB)",
-        "by all. Two pipelines on the same stack, interleaved: `before` runs the members with",
-        "`URNA_BATCH_LINGER_MS=20 URNA_COMMIT_INTERVAL_MS=0` (the old consumer: a 20 ms linger, a",
-        "Kafka commit per batch), `after` with the defaults. The load generator's own CPU is not",
-        "counted; it shares the 2 cores.",
+        "by all. The load generator's own CPU is not counted; it shares the 2 cores.",
+        *(["`before`: the same pipeline from the release binaries of commit %s, on the same stack," % load.BEFORE_COMMIT,
+           "interleaved round by round with HEAD's (`after`)."] if "before" in per else []),
         "",
-        "| process | before µs/vote | after µs/vote |",
-        "|---|---:|---:|",
+        "| process | %s |" % " | ".join("%s µs/vote" % v for v in variants),
+        "|---|" + "---:|" * len(variants),
     ]
     for name in per["after"]:
-        lines.append("| %s | %s | %s |" % (name, spread(per["before"].get(name, [0]), "{:.1f}"),
-                                           spread(per["after"][name], "{:.1f}")))
-    lines.append("| **sum** | %s | %s |" % (spread(total["before"], "{:.0f}"), spread(total["after"], "{:.0f}")))
-    lines += ["", "Votes per second accepted by both producers together: before %s, after %s." % (
-        spread(rates["before"]), spread(rates["after"]))]
+        lines.append("| %s | %s |" % (name, " | ".join(spread(per[v].get(name, [0]), "{:.1f}") for v in variants)))
+    lines.append("| **sum** | %s |" % " | ".join(spread(total[v], "{:.0f}") for v in variants))
+    lines += ["", "Votes per second accepted by both producers together: %s." % ", ".join(
+        "%s %s" % (v, spread(rates[v])) for v in variants)]
     return "\n".join(lines) + "\n"

@@ -1,21 +1,30 @@
 """HTTP ingest: each producer against the HTTP ceiling (a handler that only answers 202),
 with the same load generator, connections and body — at saturation, then at a fixed rate
-of 20 % of the producer's own saturation (the ceiling at the same rate beside it)."""
+of 20 % of the producer's own saturation (the ceiling at the same rate beside it). With
+an earlier commit's binaries (load.BEFORE), their pipeline is measured too, interleaved,
+at the same fixed rate (20 % of the earlier producer's saturation)."""
 from __future__ import annotations
 
 from . import load
 from .common import Ctx, Result, Row, log, median, ratio, spread
 
 PRODUCERS = ("wasm", "grpc")
-NAMES = {"wasm": "Wasm producer", "grpc": "gRPC producer", "ceiling": "HTTP ceiling"}
+NAMES = {"wasm": "Wasm producer", "grpc": "gRPC producer", "ceiling": "HTTP ceiling",
+         "wasm@before": "Wasm producer, before", "grpc@before": "gRPC producer, before"}
 FIXED_SHARE = 0.2
 
 
 def run(ctx: Ctx) -> Result:
-    p = load.pipeline("bench-http")
-    load.warm_up(p)
+    pipes = [load.pipeline("bench-http")]
+    if load.BEFORE:
+        pipes.append(load.pipeline("bench-http-before", bin_dir=load.BEFORE))
+    for p in pipes:
+        load.warm_up(p)
     ceiling = load.Ceiling()
+    p = pipes[0]
     urls = {"wasm": p.wasm_url + "/votes", "grpc": p.grpc_url + "/votes", "ceiling": ceiling.url}
+    if load.BEFORE:
+        urls.update({"wasm@before": pipes[1].wasm_url + "/votes", "grpc@before": pipes[1].grpc_url + "/votes"})
     try:
         sat = {t: [] for t in urls}
         for r in range(ctx.repeats):
@@ -25,19 +34,23 @@ def run(ctx: Ctx) -> Result:
                 sat[t].append(load.accepted_per_s(run, ctx.seconds))
         fixed = {}
         for prod in PRODUCERS:
-            rate = round(FIXED_SHARE * median(sat[prod]))
-            fixed[prod] = {"rate": rate, "urna": {"p50": [], "p99": []}, "ceiling": {"p50": [], "p99": []}}
+            before = prod + "@before"
+            rate = round(FIXED_SHARE * median(sat[before if before in sat else prod]))
+            sides = {prod: "urna", "ceiling": "ceiling", before: "before"}
+            fixed[prod] = {"rate": rate, **{side: {"p50": [], "p99": []} for who, side in sides.items() if who in urls}}
             for r in range(ctx.repeats):
-                for who, url in ((prod, urls[prod]), ("ceiling", ceiling.url)):
-                    run = load.oha(url, ctx.seconds, rate=rate)
+                for who, side in sides.items():
+                    if who not in urls:
+                        continue
+                    run = load.oha(urls[who], ctx.seconds, rate=rate)
                     load.log_run("%d/s %s #%d" % (rate, who, r + 1), run, ctx.seconds)
-                    side = fixed[prod]["urna" if who == prod else "ceiling"]
-                    side["p50"].append(load.percentile_ms(run, "p50"))
-                    side["p99"].append(load.percentile_ms(run, "p99"))
+                    fixed[prod][side]["p50"].append(load.percentile_ms(run, "p50"))
+                    fixed[prod][side]["p99"].append(load.percentile_ms(run, "p99"))
     finally:
         ceiling.stop()
-        p.stop()
-        p.drop_state()
+        for p in pipes:
+            p.stop()
+            p.drop_state()
     return Result(rows=rows(sat, fixed), markdown=markdown(ctx, sat, fixed),
                   data={"saturation": {t: median(v) for t, v in sat.items()}})
 
@@ -45,14 +58,16 @@ def run(ctx: Ctx) -> Result:
 def rows(sat: dict, fixed: dict) -> list[Row]:
     out = []
     for prod in PRODUCERS:
+        before = sat.get(prod + "@before")
         out.append(Row("HTTP ingest at saturation, %s (202/s, %d connections)" % (NAMES[prod], load.CONNECTIONS),
                        spread(sat[prod]), spread(sat["ceiling"]), ratio(median(sat[prod]), median(sat["ceiling"])),
-                       "urna / ceiling"))
+                       "urna / ceiling", before=spread(before) if before else ""))
         f = fixed[prod]
         for q in ("p50", "p99"):
-            out.append(Row("HTTP latency %s at %d/s (20 %% of its saturation), %s (ms)" % (q, f["rate"], NAMES[prod]),
+            out.append(Row("HTTP latency %s at %d/s (20 %% of saturation), %s (ms)" % (q, f["rate"], NAMES[prod]),
                            spread(f["urna"][q], "{:.2f}"), spread(f["ceiling"][q], "{:.2f}"),
-                           ratio(median(f["urna"][q]), median(f["ceiling"][q])), "urna / ceiling"))
+                           ratio(median(f["urna"][q]), median(f["ceiling"][q])), "urna / ceiling",
+                           before=spread(f["before"][q], "{:.2f}") if "before" in f else ""))
     return out
 
 
@@ -66,6 +81,9 @@ def markdown(ctx: Ctx, sat: dict, fixed: dict) -> str:
         "repeated %d times, the three targets interleaved; 202s per second. Fixed rate: the same" % ctx.repeats,
         "with `-q <rate> --latency-correction` (open loop: latency counts from each request's",
         "scheduled start), at 20 % of the producer's median saturation, the ceiling at the same rate.",
+        *(["`before`: the same pipeline from the release binaries of commit %s (scripts/bench.sh" % load.BEFORE_COMMIT,
+           "BENCH_BEFORE=%s), interleaved with HEAD's; the fixed rate is 20 %% of its saturation." % load.BEFORE_COMMIT]
+          if load.BEFORE else []),
         "",
         "| target | 202/s at saturation, each run |",
         "|---|---|",
@@ -74,8 +92,11 @@ def markdown(ctx: Ctx, sat: dict, fixed: dict) -> str:
         lines.append("| %s | %s |" % (NAMES[t], ", ".join("%.0f" % x for x in xs)))
     lines += ["", "| producer | rate /s | target | p50 ms, each run | p99 ms, each run |", "|---|---:|---|---|---|"]
     for prod, f in fixed.items():
-        for who in ("urna", "ceiling"):
+        for who in ("urna", "before", "ceiling"):
+            if who not in f:
+                continue
+            target = {"urna": NAMES[prod], "before": NAMES[prod + "@before"], "ceiling": NAMES["ceiling"]}[who]
             lines.append("| %s | %d | %s | %s | %s |" % (
-                NAMES[prod], f["rate"], NAMES[prod] if who == "urna" else NAMES["ceiling"],
+                NAMES[prod], f["rate"], target,
                 ", ".join("%.2f" % x for x in f[who]["p50"]), ", ".join("%.2f" % x for x in f[who]["p99"])))
     return "\n".join(lines) + "\n"

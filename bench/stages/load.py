@@ -19,6 +19,10 @@ sys.path.insert(0, str(REPO / "testkit" / "py"))
 import urna_pipeline  # noqa: E402
 
 OHA = REPO / ".cache" / "cargo-tools" / "bin" / "oha"
+# The release binaries of an earlier commit (scripts/bench.sh builds them for
+# BENCH_BEFORE=<commit>): stages that compare before/after run them beside HEAD's.
+BEFORE = Path(os.environ["URNA_BENCH_BEFORE"]) if os.environ.get("URNA_BENCH_BEFORE") else None
+BEFORE_COMMIT = os.environ.get("URNA_BENCH_BEFORE_COMMIT", "")
 CONNECTIONS = 32  # as the wrk -c32
 LOGDIR = REPO / ".stack" / "logs" / "bench"
 
@@ -80,10 +84,11 @@ class Ceiling:
         self.proc.wait(timeout=10)
 
 
-def pipeline(name: str, members: int = 2, env: dict | None = None) -> urna_pipeline.Pipeline:
+def pipeline(name: str, members: int = 2, env: dict | None = None,
+             bin_dir: Path | None = None) -> urna_pipeline.Pipeline:
     LOGDIR.mkdir(parents=True, exist_ok=True)
     p = urna_pipeline.Pipeline(name, Path(tempfile.mkdtemp(prefix=name + "-", dir=LOGDIR)),
-                               members=members, service_env=env)
+                               members=members, service_env=env, bin_dir=bin_dir)
     p.start()
     return p
 

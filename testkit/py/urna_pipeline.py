@@ -5,7 +5,8 @@ prefix (or database) and MongoDB collection of their own — so counts are exact
 `make up` and other tests on the same stack. Services can be killed, frozen, restarted
 and members added or removed while it runs; `stop()` stops them and drops their state.
 
-Binaries: URNA_BIN_DIR (default target/debug); the vote module: URNA_MODULE_DIR.
+Binaries: URNA_BIN_DIR (default target/debug), or a pipeline's own `bin_dir`; the vote
+module: URNA_MODULE_DIR.
 """
 from __future__ import annotations
 
@@ -114,7 +115,9 @@ class Pipeline:
 
     def __init__(self, name: str, logdir: Path, *, members: int = 1, redis_db: int = 0,
                  prefix: str | None = None, mongo_db: str = "urna", partitions: int = 6,
-                 wasm_runtime: str = "wasmtime", service_env: dict | None = None):
+                 wasm_runtime: str = "wasmtime", service_env: dict | None = None,
+                 bin_dir: Path | None = None):
+        self.bin = Path(bin_dir) if bin_dir else BIN
         self.tag = "%s-%s" % (name, uuid.uuid4().hex[:8])
         self.topic = self.tag
         self.dlq = self.tag + ".dlq"
@@ -176,7 +179,7 @@ class Pipeline:
         s = self.services[name]
         if s.alive():
             return
-        path = BIN / s.exe
+        path = self.bin / s.exe
         if not path.is_file():
             raise PipelineError("%s is missing: build it first (cargo build)" % path)
         log = open(self.logdir / ("%s.log" % name), "ab")
