@@ -8,7 +8,9 @@
 # BENCH_BEFORE=<commit>: also the release binaries of that commit (built once into
 # .cache/bench-before/<commit>/ from a git worktree; ~15 minutes the first time), measured
 # beside HEAD's in the HTTP, end-to-end and CPU stages (docs/benchmarks.md's `before`).
-# Nothing here is a test: no figure fails the run. Takes about 25 minutes.
+# Where WasmEdge is installed (~/.wasmedge or WASMEDGE_DIR), the HTTP stage also saturates a
+# host built against it, beside the wasmtime one (BENCH_WASMEDGE=0: not).
+# Nothing here is a test: no figure fails the run. Takes about 30 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +49,23 @@ if [ -n "${BENCH_BEFORE:-}" ]; then
     git worktree remove --force "$tree"
   fi
   export URNA_BENCH_BEFORE=$before_dir URNA_BENCH_BEFORE_COMMIT=$before_commit
+fi
+
+# Where WasmEdge is installed (WASMEDGE_DIR, else ~/.wasmedge), a host built against it
+# beside HEAD's wasmtime one (BENCH_WASMEDGE=0 skips it).
+wasmedge=""
+for dir in "${WASMEDGE_DIR:-}" "$HOME/.wasmedge"; do
+  if [[ -n $dir && -e $dir/include/wasmedge/wasmedge.h ]]; then wasmedge=$dir; break; fi
+done
+if [[ -n $wasmedge && ${BENCH_WASMEDGE:-1} != 0 ]]; then
+  echo "[bench] WasmEdge in $wasmedge: a urna-host built against it runs beside wasmtime's"
+  edge_dir=$PWD/.cache/bench-wasmedge
+  mkdir -p "$edge_dir"
+  WASMEDGE_DIR=$wasmedge LD_LIBRARY_PATH=$wasmedge/lib cargo build -q --release -p urna-host --features wasmedge
+  cp target/release/urna-host "$edge_dir/urna-host"
+  cargo build -q --release -p urna-host  # back to wasmtime for target/release
+  for b in urna-grpc-client urna-grpc-server urna-consumer; do ln -sf "$PWD/target/release/$b" "$edge_dir/$b"; done
+  export URNA_BENCH_WASMEDGE=$edge_dir URNA_BENCH_WASMEDGE_LIB=$wasmedge/lib
 fi
 
 python3 bench/run.py "$@"

@@ -10,7 +10,8 @@ from .common import Ctx, Result, Row, log, median, ratio, spread
 
 PRODUCERS = ("wasm", "grpc")
 NAMES = {"wasm": "Wasm producer", "grpc": "gRPC producer", "ceiling": "HTTP ceiling",
-         "wasm@before": "Wasm producer, before", "grpc@before": "gRPC producer, before"}
+         "wasm@before": "Wasm producer, before", "grpc@before": "gRPC producer, before",
+         "wasm@wasmedge": "Wasm producer on WasmEdge (AOT)"}
 FIXED_SHARE = 0.2
 
 
@@ -18,6 +19,8 @@ def run(ctx: Ctx) -> Result:
     pipes = [load.pipeline("bench-http")]
     if load.BEFORE:
         pipes.append(load.pipeline("bench-http-before", bin_dir=load.BEFORE))
+    if load.WASMEDGE:
+        pipes.append(load.wasmedge_pipeline("bench-http-wasmedge"))
     for p in pipes:
         load.warm_up(p)
     ceiling = load.Ceiling()
@@ -25,6 +28,8 @@ def run(ctx: Ctx) -> Result:
     urls = {"wasm": p.wasm_url + "/votes", "grpc": p.grpc_url + "/votes", "ceiling": ceiling.url}
     if load.BEFORE:
         urls.update({"wasm@before": pipes[1].wasm_url + "/votes", "grpc@before": pipes[1].grpc_url + "/votes"})
+    if load.WASMEDGE:
+        urls["wasm@wasmedge"] = pipes[-1].wasm_url + "/votes"
     try:
         sat = {t: [] for t in urls}
         for r in range(ctx.repeats):
@@ -32,6 +37,11 @@ def run(ctx: Ctx) -> Result:
                 run = load.oha(url, ctx.seconds)
                 load.log_run("saturation %s #%d" % (t, r + 1), run, ctx.seconds)
                 sat[t].append(load.accepted_per_s(run, ctx.seconds))
+        instantiate = {}
+        if load.WASMEDGE:
+            instantiate = {rt: load.histogram_mean_us(pipe.wasm_url, "urna_wasm_instantiate_duration_seconds")
+                           for rt, pipe in (("wasmtime", pipes[0]), ("wasmedge", pipes[-1]))}
+            log("instantiate mean: wasmtime %.1f µs, WasmEdge %.1f µs" % (instantiate["wasmtime"], instantiate["wasmedge"]))
         fixed = {}
         for prod in PRODUCERS:
             before = prod + "@before"
@@ -51,12 +61,20 @@ def run(ctx: Ctx) -> Result:
         for p in pipes:
             p.stop()
             p.drop_state()
-    return Result(rows=rows(sat, fixed), markdown=markdown(ctx, sat, fixed),
+    return Result(rows=rows(sat, fixed, instantiate), markdown=markdown(ctx, sat, fixed),
                   data={"saturation": {t: median(v) for t, v in sat.items()}})
 
 
-def rows(sat: dict, fixed: dict) -> list[Row]:
+def rows(sat: dict, fixed: dict, instantiate: dict) -> list[Row]:
     out = []
+    if "wasm@wasmedge" in sat:
+        out.append(Row("HTTP ingest at saturation, Wasm producer on WasmEdge (AOT) vs on wasmtime (202/s)",
+                       spread(sat["wasm@wasmedge"]), spread(sat["wasm"]),
+                       ratio(median(sat["wasm@wasmedge"]), median(sat["wasm"])), "WasmEdge / wasmtime; goal ≥ 0.8"))
+        out.append(Row("Wasm instantiate, mean over the saturation runs, WasmEdge vs wasmtime (µs)",
+                       "%.1f" % instantiate["wasmedge"], "%.1f" % instantiate["wasmtime"],
+                       ratio(instantiate["wasmedge"], instantiate["wasmtime"]),
+                       "WasmEdge / wasmtime (urna_wasm_instantiate_duration_seconds); goal ≤ 50 µs"))
     for prod in PRODUCERS:
         before = sat.get(prod + "@before")
         out.append(Row("HTTP ingest at saturation, %s (202/s, %d connections)" % (NAMES[prod], load.CONNECTIONS),
@@ -84,6 +102,9 @@ def markdown(ctx: Ctx, sat: dict, fixed: dict) -> str:
         *(["`before`: the same pipeline from the release binaries of commit %s (scripts/bench.sh" % load.BEFORE_COMMIT,
            "BENCH_BEFORE=%s), interleaved with HEAD's; the fixed rate is 20 %% of its saturation." % load.BEFORE_COMMIT]
           if load.BEFORE else []),
+        *(["`Wasm producer on WasmEdge`: the same pipeline with a urna-host built with `--features wasmedge`,",
+           "`URNA_WASM_RUNTIME=wasmedge` (the host AOT-compiles the module at LLVM O0, its default),",
+           "saturated in the same rounds."] if load.WASMEDGE else []),
         "",
         "| target | 202/s at saturation, each run |",
         "|---|---|",

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from .common import RELEASE, REPO, log
@@ -23,6 +24,10 @@ OHA = REPO / ".cache" / "cargo-tools" / "bin" / "oha"
 # BENCH_BEFORE=<commit>): stages that compare before/after run them beside HEAD's.
 BEFORE = Path(os.environ["URNA_BENCH_BEFORE"]) if os.environ.get("URNA_BENCH_BEFORE") else None
 BEFORE_COMMIT = os.environ.get("URNA_BENCH_BEFORE_COMMIT", "")
+# HEAD's binaries with a urna-host built with `--features wasmedge` (scripts/bench.sh does it
+# where WasmEdge is installed) and the library folder it links against.
+WASMEDGE = Path(os.environ["URNA_BENCH_WASMEDGE"]) if os.environ.get("URNA_BENCH_WASMEDGE") else None
+WASMEDGE_LIB = os.environ.get("URNA_BENCH_WASMEDGE_LIB", "")
 CONNECTIONS = 32  # as the issue's wrk -c32
 LOGDIR = REPO / ".stack" / "logs" / "bench"
 
@@ -91,6 +96,24 @@ def pipeline(name: str, members: int = 2, env: dict | None = None,
                                members=members, service_env=env, bin_dir=bin_dir)
     p.start()
     return p
+
+
+def wasmedge_pipeline(name: str) -> urna_pipeline.Pipeline:
+    """The same pipeline whose Wasm host runs WasmEdge (host-side AOT, its default run mode)."""
+    lib = ":".join(x for x in (WASMEDGE_LIB, os.environ.get("LD_LIBRARY_PATH", "")) if x)
+    return pipeline(name, bin_dir=WASMEDGE, env={"URNA_WASM_RUNTIME": "wasmedge", "LD_LIBRARY_PATH": lib})
+
+
+def histogram_mean_us(metrics_url: str, name: str) -> float:
+    """Mean of a histogram (all label sets) from a service's /metrics, in µs."""
+    text = urllib.request.urlopen(metrics_url + "/metrics", timeout=10).read().decode()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(name + "_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total / count * 1e6 if count else float("nan")
 
 
 def warm_up(p: urna_pipeline.Pipeline, seconds: float = 3, rate: int = 200) -> None:
