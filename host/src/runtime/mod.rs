@@ -124,12 +124,20 @@ pub trait VoteModule: Send + Sync + 'static {
     /// async workers.
     fn invoke(&self, body: &[u8], id: uuid::Uuid, accepted_at_micros: i64) -> Invocation {
         let cpu_before = cpu::thread_cpu_time();
-        let mut invocation = self.invoke_instance(body, id, accepted_at_micros);
-        invocation.cpu = cpu::thread_cpu_time().saturating_sub(cpu_before);
-        if let Err(e) = &mut invocation.result {
-            attribute_stop(e, invocation.cpu, self.limits().cpu_budget);
+        let invocation = self.invoke_instance(body, id, accepted_at_micros);
+        let used = cpu::thread_cpu_time().saturating_sub(cpu_before);
+        invocation.judged(used, self.limits().cpu_budget)
+    }
+}
+
+impl Invocation {
+    /// The invocation with the CPU time it used, a stop attributed by it (module docs).
+    pub fn judged(mut self, cpu_used: Duration, cpu_budget: Duration) -> Invocation {
+        self.cpu = cpu_used;
+        if let Err(e) = &mut self.result {
+            attribute_stop(e, cpu_used, cpu_budget);
         }
-        invocation
+        self
     }
 }
 

@@ -33,7 +33,7 @@ use wasmtime::{
 use super::wasi::{self, GuestIo};
 use super::{
     ABI_VERSION, Invocation, InvokeError, InvokeErrorKind, InvokeFuture, Limits, LoadError,
-    Runtime, VoteModule, attribute_stop, cpu,
+    Runtime, VoteModule, cpu,
 };
 
 /// Epoch tick: the granularity of the budget checks.
@@ -401,12 +401,8 @@ impl VoteModule for WasmtimeModule {
         Some(Box::pin(async move {
             let meter = Arc::new(cpu::Meter::default());
             let run = self.fresh_instance(body, id, accepted_at_micros, meter.clone());
-            let mut invocation = cpu::metered(&meter, run).await;
-            invocation.cpu = meter.used();
-            if let Err(e) = &mut invocation.result {
-                attribute_stop(e, invocation.cpu, self.limits.cpu_budget);
-            }
-            invocation
+            let invocation = cpu::metered(&meter, run).await;
+            invocation.judged(meter.used(), self.limits.cpu_budget)
         }))
     }
 }
