@@ -5,6 +5,7 @@ the web app with the votes it counted, stream a new vote live, restart a killed 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +109,16 @@ def test_make_up_runs_the_whole_pipeline_and_make_down_stops_it(up_env):
         seen = vote_id in line
     stream.close()
     assert seen, "vote %s never reached the logs stream" % vote_id
+
+    # The timing report finds every process it measures the CPU of (it once read pid
+    # files that `make up` no longer wrote, and its CPU rows said "—").
+    spec = importlib.util.spec_from_file_location("compare", REPO / "locust" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    processes = compare.pids(Path(env["URNA_STACK_DIR"]))
+    assert sorted(processes) == ["consumer-1", "consumer-2", "grpc-client", "grpc-server", "wasm-host"], processes
+    for name, pid in processes.items():
+        assert compare.cpu_seconds(pid) > 0, name
 
     # The supervisor restarts a service killed with SIGKILL.
     ctl = ["bash", str(REPO / "stack" / "ctl.sh")]

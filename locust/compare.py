@@ -132,12 +132,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pids(stack_run: Path) -> dict[str, int]:
+def pids(stack_dir: Path) -> dict[str, int]:
+    """The pipeline's processes, asked of the stack's supervisord (`make up` runs them in
+    its `urna` group); a service that is not running is left out, so its row reads "—"."""
     found = {}
+    env = {**os.environ, "URNA_STACK_DIR": str(stack_dir)}
     for name in ("wasm-host", "grpc-client", "grpc-server", "consumer-1", "consumer-2"):
-        f = stack_run / f"{name}.pid"
-        if f.exists():
-            found[name] = int(f.read_text().strip())
+        out = subprocess.run(["bash", str(ROOT / "stack" / "ctl.sh"), "pid", f"urna:{name}"],
+                             capture_output=True, text=True, timeout=60, env=env).stdout.strip()
+        if out.isdigit() and int(out) > 0:
+            found[name] = int(out)
+        else:
+            log(f"no pid for {name} from supervisord ({out or 'no answer'}); its CPU row stays empty")
     return found
 
 
@@ -353,7 +359,7 @@ def main(argv=None) -> int:
             log(f"the {name} producer at {base} is not ready ({e}); start the pipeline first: make up")
             return 2
     t0 = time.time()
-    processes = pids(args.stack_dir / "run")
+    processes = pids(args.stack_dir)
     counts = Counts(args.redis_port, args.mongo_url, "urna", "logs", "votes", progress_of="urna-counter|votes")
     log("counting MongoDB documents at the start (FerretDB scans: may take a minute)")
     documents_before = counts.documents()
