@@ -52,9 +52,20 @@ def main() -> int:
         results[stage] = module.run(ctx)
     out = REPO / "docs" / "benchmarks.md" if set(only) == set(ALL) and not ctx.quick else REPO / ".stack" / "bench-partial.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(header, results))
+    out.write_text(report(header, results) + kept_by_hand(out))
     log("wrote %s" % out.relative_to(REPO))
     return 0
+
+
+# What follows this line in docs/benchmarks.md is written by hand (a profile, say) and
+# survives the next `make bench`, which rewrites everything above it.
+KEPT_MARKER = "<!-- Written by hand below this line: make bench keeps it. -->"
+
+
+def kept_by_hand(out: Path) -> str:
+    text = out.read_text() if out.exists() else ""
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
 
 
 def first_line(*cmd: str) -> str:
