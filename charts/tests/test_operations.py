@@ -16,3 +16,27 @@ def test_gke_ingress_is_claimed_by_the_gce_annotation_not_a_class_name(gke_objec
     assert ing["metadata"]["annotations"] == {"kubernetes.io/ingress.class": "gce",
                                               "kubernetes.io/ingress.global-static-ip-name": "urna-producers"}
     assert "ingressClassName" not in ing["spec"]
+
+
+def test_grafana_writes_only_where_a_volume_is_writable(rendered):
+    values, objects = rendered
+    pod = chart.one(objects, "Deployment", "urna-grafana")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # File logging would open /var/log/grafana on the read-only root, fatal since 8.3.
+    assert env["GF_LOG_MODE"] == "console", values
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = sorted(m["mountPath"] for m in c["volumeMounts"]
+                      if not m.get("readOnly") and "emptyDir" in volumes[m["name"]])
+    assert writable == ["/tmp", "/var/lib/grafana"]
+    # Every path Grafana (or its image's run.sh: plugins installed at start) writes.
+    written = {k: env[k] for k in ("GF_PATHS_DATA", "GF_PATHS_PLUGINS", "GF_PATHS_LOGS")}
+    assert written == {"GF_PATHS_DATA": "/var/lib/grafana", "GF_PATHS_PLUGINS": "/var/lib/grafana/plugins",
+                       "GF_PATHS_LOGS": "/var/lib/grafana/log"}
+    # Provisioning is only read: files mounted read-only under the image's /etc/grafana.
+    assert env["GF_PATHS_PROVISIONING"] == "/etc/grafana/provisioning"
+    assert {m["mountPath"] for m in c["volumeMounts"] if m["mountPath"].startswith("/etc/grafana/")} == {
+        "/etc/grafana/provisioning/datasources/datasources.yaml",
+        "/etc/grafana/provisioning/dashboards/dashboards.yaml"}
+    assert all(m.get("readOnly") for m in c["volumeMounts"] if m["mountPath"].startswith("/etc/grafana/"))
