@@ -40,3 +40,30 @@ def test_grafana_writes_only_where_a_volume_is_writable(rendered):
         "/etc/grafana/provisioning/datasources/datasources.yaml",
         "/etc/grafana/provisioning/dashboards/dashboards.yaml"}
     assert all(m.get("readOnly") for m in c["volumeMounts"] if m["mountPath"].startswith("/etc/grafana/"))
+
+
+def spread(labels):
+    return [{"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": {"matchLabels": labels}} for key in (ZONE, HOST)]
+
+
+def test_gke_spreads_kafka_and_mongodb_one_per_zone_and_node(gke_objects):
+    kafka = chart.one(gke_objects, "Kafka", "urna")
+    # broker.rack from the node's zone: a partition's 3 replicas land in 3 zones.
+    assert kafka["spec"]["kafka"]["rack"] == {"topologyKey": ZONE}
+    pool = chart.one(gke_objects, "KafkaNodePool", "dual")
+    assert pool["spec"]["replicas"] == 3
+    assert pool["spec"]["template"]["pod"]["topologySpreadConstraints"] == spread(
+        {"strimzi.io/cluster": "urna", "strimzi.io/pool-name": "dual"})
+    mongo = chart.one(gke_objects, "StatefulSet", "urna-mongodb")
+    assert mongo["spec"]["replicas"] == 3
+    assert mongo["spec"]["template"]["spec"]["topologySpreadConstraints"] == spread(
+        {"app.kubernetes.io/name": "urna-mongodb", "app.kubernetes.io/instance": "urna"})
+
+
+def test_default_values_need_no_zone_labels(default_objects):
+    # A cluster whose nodes carry no zone label (kind, minikube) could place no pod.
+    assert "rack" not in chart.one(default_objects, "Kafka", "urna")["spec"]["kafka"]
+    assert "template" not in chart.one(default_objects, "KafkaNodePool", "dual")["spec"]
+    assert "topologySpreadConstraints" not in chart.one(default_objects, "StatefulSet", "urna-mongodb")[
+        "spec"]["template"]["spec"]

@@ -43,6 +43,18 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
+{{/* Hard topology spread over node labels: (dict "keys" list "labels" "<k: v lines>"). */}}
+{{- define "urna.topologySpread" -}}
+{{- range .keys }}
+- maxSkew: 1
+  topologyKey: {{ . }}
+  whenUnsatisfiable: DoNotSchedule
+  labelSelector:
+    matchLabels:
+      {{- $.labels | nindent 6 }}
+{{- end }}
+{{- end }}
+
 {{/* In-cluster addresses, built once here so every service gets the same ones. */}}
 {{- define "urna.kafkaBrokers" -}}
 {{ .Values.kafka.clusterName }}-kafka-bootstrap.{{ .Values.namespaces.kafka.name }}.svc.{{ .Values.global.clusterDomain }}:9092
