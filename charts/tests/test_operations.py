@@ -67,3 +67,24 @@ def test_default_values_need_no_zone_labels(default_objects):
     assert "template" not in chart.one(default_objects, "KafkaNodePool", "dual")["spec"]
     assert "topologySpreadConstraints" not in chart.one(default_objects, "StatefulSet", "urna-mongodb")[
         "spec"]["template"]["spec"]
+
+
+def dns_rules(objects):
+    """{policy name: its egress rules on port 53}, for every policy that allows egress."""
+    return {n["metadata"]["name"]: [r for r in n["spec"]["egress"] if {"protocol": "UDP", "port": 53} in r["ports"]]
+            for n in chart.by_kind(objects, "NetworkPolicy") if n["spec"].get("egress")}
+
+
+def test_dns_egress_reaches_kube_dns_nodelocal_dnscache_and_cloud_dns(rendered):
+    values, objects = rendered
+    rules = dns_rules(objects)
+    names = {"producers", "consumer", "mongodb", "mongodb-init", "grafana"} | ({"ui"} if values == "options" else set())
+    assert set(rules) == names, values
+    want = [{"to": [{"namespaceSelector": {}}] + [{"ipBlock": {"cidr": c}} for c in DNS_SERVERS], "ports": DNS_PORTS}]
+    assert {name: r for name, r in rules.items() if r != want} == {}, values
+
+
+def test_dns_servers_outside_the_pods_are_a_value():
+    rules = dns_rules(chart.template("--set", "networkPolicies.dnsCidrs={10.0.0.10/32}"))
+    assert {name: r[0]["to"] for name, r in rules.items()} == {
+        name: [{"namespaceSelector": {}}, {"ipBlock": {"cidr": "10.0.0.10/32"}}] for name in rules}

@@ -123,10 +123,14 @@ readinessProbe:
   failureThreshold: 2
 {{- end }}
 
-{{/* NetworkPolicy pieces: DNS to any namespace; a namespace by its name label. */}}
+{{/* NetworkPolicy pieces: DNS to any namespace's pods and to the DNS servers outside
+     the pods (networkPolicies.dnsCidrs); a namespace by its name label. */}}
 {{- define "urna.np.dns" -}}
 - to:
     - namespaceSelector: {}
+    {{- range .Values.networkPolicies.dnsCidrs }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
   ports:
     - {protocol: UDP, port: 53}
     - {protocol: TCP, port: 53}
