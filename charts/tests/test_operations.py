@@ -88,3 +88,10 @@ def test_dns_servers_outside_the_pods_are_a_value():
     rules = dns_rules(chart.template("--set", "networkPolicies.dnsCidrs={10.0.0.10/32}"))
     assert {name: r[0]["to"] for name, r in rules.items()} == {
         name: [{"namespaceSelector": {}}, {"ipBlock": {"cidr": "10.0.0.10/32"}}] for name in rules}
+
+
+def test_a_render_without_an_image_namespace_fails_with_the_reason():
+    # Without it the pods would pull someone else's <registry>/urna/* images.
+    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, check=False)
+    assert res.returncode == 1
+    assert "global.image.namespace is required" in res.stderr, res.stderr

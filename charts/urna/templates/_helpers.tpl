@@ -21,7 +21,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- if .image.official -}}
 {{ printf "%s/%s:%s" $g.registry .image.repository $tag }}
 {{- else -}}
-{{ printf "%s/%s/%s:%s" $g.registry $g.namespace .image.repository $tag }}
+{{- $ns := required "global.image.namespace is required: the Docker Hub user or organisation the urna images were pushed to (make push DOCKERHUB_NAMESPACE=...); set it with --set global.image.namespace=$DOCKERHUB_NAMESPACE" $g.namespace -}}
+{{ printf "%s/%s/%s:%s" $g.registry $ns .image.repository $tag }}
 {{- end -}}
 {{- end }}
 
