@@ -95,3 +95,22 @@ def test_a_render_without_an_image_namespace_fails_with_the_reason():
     res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, check=False)
     assert res.returncode == 1
     assert "global.image.namespace is required" in res.stderr, res.stderr
+
+
+def test_uninstall_deletes_every_volume_by_default(rendered):
+    values, objects = rendered
+    pool = chart.one(objects, "KafkaNodePool", "dual")
+    assert [v["deleteClaim"] for v in pool["spec"]["storage"]["volumes"]] == [True], values
+    for name in ("urna-redis", "urna-mongodb"):
+        sts = chart.one(objects, "StatefulSet", name)
+        assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}, \
+            (values, name)
+
+
+def test_volumes_are_kept_by_value():
+    objects = chart.template("--set", "kafka.nodePool.storage.deleteClaim=false",
+                             "--set", "redis.storage.deleteClaim=false", "--set", "mongodb.storage.deleteClaim=false")
+    assert [v["deleteClaim"] for v in chart.one(objects, "KafkaNodePool", "dual")["spec"]["storage"]["volumes"]] == [False]
+    for name in ("urna-redis", "urna-mongodb"):
+        assert chart.one(objects, "StatefulSet", name)["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain", "whenScaled": "Retain"}
