@@ -17,11 +17,15 @@ HELM = Path(os.environ.get("HELM", REPO / ".cache" / "go-tools" / "bin" / "helm"
 # The Kubernetes version objects are rendered for and validated against: GKE's regular
 # release channel runs 1.33/1.34 at the time of writing.
 KUBE_VERSION = os.environ.get("URNA_KUBE_VERSION", "1.34.0")
+# The chart refuses to render without an image namespace (whose Docker Hub images to run):
+# every render here names this one.
+IMAGE_NAMESPACE = "example"
+NAMESPACE = ["--set", "global.image.namespace=" + IMAGE_NAMESPACE]
 # Value sets every check runs on: the defaults, GKE's, and the optional parts switched on.
 VALUE_SETS = {
-    "default": [],
-    "gke": ["-f", str(CHART / "values-gke.yaml")],
-    "options": ["--set", "consumer.keda.enabled=true", "--set", "ui.enabled=true"],
+    "default": NAMESPACE,
+    "gke": NAMESPACE + ["-f", str(CHART / "values-gke.yaml")],
+    "options": NAMESPACE + ["--set", "consumer.keda.enabled=true", "--set", "ui.enabled=true"],
 }
 
 
@@ -47,8 +51,9 @@ class StrictLoader(yaml.SafeLoader):
 
 
 def template(*extra):
-    """The objects `helm template` renders, as dicts (empty documents dropped)."""
-    out = helm("template", "urna", str(CHART), "--kube-version", KUBE_VERSION, *extra).stdout
+    """The objects `helm template` renders, as dicts (empty documents dropped); with
+    IMAGE_NAMESPACE unless `extra` sets another."""
+    out = helm("template", "urna", str(CHART), "--kube-version", KUBE_VERSION, *NAMESPACE, *extra).stdout
     return [d for d in yaml.load_all(out, Loader=StrictLoader) if d]
 
 

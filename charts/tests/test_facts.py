@@ -26,9 +26,10 @@ def test_namespaces_are_the_designs(rendered):
     assert where[("Kafka", "urna")] == "kafka"
 
 
-def test_consumer_starts_at_two_and_autoscales_from_two_to_five_on_cpu(default_objects, gke_objects):
+def test_consumer_is_sized_by_its_hpa_from_two_to_five_on_cpu(default_objects, gke_objects):
     for objects in (default_objects, gke_objects):
-        assert chart.one(objects, "Deployment", "urna-consumer")["spec"]["replicas"] == 2
+        # The HPA owns the count: a rendered replicas would reset it on every upgrade.
+        assert "replicas" not in chart.one(objects, "Deployment", "urna-consumer")["spec"]
         hpa = chart.one(objects, "HorizontalPodAutoscaler", "urna-consumer")
         assert hpa["metadata"]["namespace"] == "urna-process"
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "urna-consumer"}
@@ -40,6 +41,7 @@ def test_consumer_starts_at_two_and_autoscales_from_two_to_five_on_cpu(default_o
 def test_keda_replaces_the_hpa_on_lag_with_the_same_bounds():
     objects = chart.template("--set", "consumer.keda.enabled=true")
     assert not chart.by_kind(objects, "HorizontalPodAutoscaler")
+    assert "replicas" not in chart.one(objects, "Deployment", "urna-consumer")["spec"]
     so = chart.one(objects, "ScaledObject", "urna-consumer")
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 5)
     trigger = so["spec"]["triggers"][0]
@@ -49,6 +51,17 @@ def test_keda_replaces_the_hpa_on_lag_with_the_same_bounds():
     # KEDA must be let through Kafka's listener policy to read the lag.
     peers = chart.one(objects, "Kafka", "urna")["spec"]["kafka"]["listeners"][0]["networkPolicyPeers"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}} in peers
+
+
+def test_consumer_without_autoscaling_renders_its_replicas():
+    objects = chart.template("--set", "consumer.autoscaling.enabled=false")
+    assert chart.one(objects, "Deployment", "urna-consumer")["spec"]["replicas"] == 2
+    assert not chart.by_kind(objects, "HorizontalPodAutoscaler") and not chart.by_kind(objects, "ScaledObject")
+    # KEDA is an autoscaler: asking for it without autoscaling is refused, not ignored.
+    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, *chart.NAMESPACE,
+                     "--set", "consumer.autoscaling.enabled=false", "--set", "consumer.keda.enabled=true", check=False)
+    assert res.returncode == 1
+    assert "consumer.keda.enabled needs consumer.autoscaling.enabled" in res.stderr, res.stderr
 
 
 def test_grpc_producer_is_one_pod_with_client_and_server(rendered):

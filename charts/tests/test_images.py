@@ -81,5 +81,5 @@ def test_the_chart_deploys_the_images_that_are_built():
     built = {i["name"] for i in images()}
     objects = chart.template("--set", "ui.enabled=true")
     used = {c["image"].rsplit("/", 1)[1].split(":")[0] for _, spec in chart.pod_specs(objects)
-            for c in spec["containers"] if "/urna/" in c["image"]}
+            for c in spec["containers"] if "/%s/" % chart.IMAGE_NAMESPACE in c["image"]}
     assert used == built

@@ -15,7 +15,7 @@ def test_helm_lint_is_clean(values):
 
 def test_a_consumer_ceiling_above_the_partitions_is_refused():
     # More members than partitions would idle: the chart refuses to render it.
-    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION,
+    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, *chart.NAMESPACE,
                      "--set", "consumer.autoscaling.maxReplicas=7", check=False)
     assert res.returncode != 0
     assert "exceeds the votes topic's partitions" in res.stderr

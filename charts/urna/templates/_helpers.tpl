@@ -21,7 +21,8 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- if .image.official -}}
 {{ printf "%s/%s:%s" $g.registry .image.repository $tag }}
 {{- else -}}
-{{ printf "%s/%s/%s:%s" $g.registry $g.namespace .image.repository $tag }}
+{{- $ns := required "global.image.namespace is required: the Docker Hub user or organisation the urna images were pushed to (make push DOCKERHUB_NAMESPACE=...); set it with --set global.image.namespace=$DOCKERHUB_NAMESPACE" $g.namespace -}}
+{{ printf "%s/%s/%s:%s" $g.registry $ns .image.repository $tag }}
 {{- end -}}
 {{- end }}
 
@@ -41,6 +42,18 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+{{- end }}
+
+{{/* Hard topology spread over node labels: (dict "keys" list "labels" "<k: v lines>"). */}}
+{{- define "urna.topologySpread" -}}
+{{- range .keys }}
+- maxSkew: 1
+  topologyKey: {{ . }}
+  whenUnsatisfiable: DoNotSchedule
+  labelSelector:
+    matchLabels:
+      {{- $.labels | nindent 6 }}
+{{- end }}
 {{- end }}
 
 {{/* In-cluster addresses, built once here so every service gets the same ones. */}}
@@ -111,10 +124,14 @@ readinessProbe:
   failureThreshold: 2
 {{- end }}
 
-{{/* NetworkPolicy pieces: DNS to any namespace; a namespace by its name label. */}}
+{{/* NetworkPolicy pieces: DNS to any namespace's pods and to the DNS servers outside
+     the pods (networkPolicies.dnsCidrs); a namespace by its name label. */}}
 {{- define "urna.np.dns" -}}
 - to:
     - namespaceSelector: {}
+    {{- range .Values.networkPolicies.dnsCidrs }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
   ports:
     - {protocol: UDP, port: 53}
     - {protocol: TCP, port: 53}
