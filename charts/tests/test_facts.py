@@ -185,8 +185,10 @@ def test_mongodb_is_a_replica_set_the_consumer_connects_to_as_one(rendered):
 def test_secrets_share_one_value_across_namespaces(default_objects):
     values = {}
     for s in chart.by_kind(default_objects, "Secret"):
-        values.setdefault(s["metadata"]["name"], set()).add(s["data"]["password"] if "password" in s["data"] else None)
-    assert len(values["urna-redis"]) == 1 and len(values["urna-mongodb"]) == 1
+        for key, value in s["data"].items():
+            values.setdefault((s["metadata"]["name"], key), set()).add(value)
+    assert {k for k, v in values.items() if len(v) > 1} == set()
+    assert len([k for k in values if k[0] in ("urna-redis", "urna-mongodb")]) == 9
     namespaces = {s["metadata"]["namespace"] for s in chart.by_kind(default_objects, "Secret")
                   if s["metadata"]["name"] == "urna-redis"}
     assert namespaces == {"urna-data", "urna-process", "urna-monitoring", "urna-ingest"}
