@@ -217,6 +217,15 @@ def test_mongodb_users_are_created_or_updated_by_a_hook_after_the_replica_set(re
     assert "createUser" in script and "updateUser" in script and "getUser" in script
 
 
+def test_cloud_run_api_connects_as_the_read_only_users():
+    doc = (chart.REPO / "docs" / "deployment.md").read_text()
+    assert "printf 'redis://api:%s@%s:6379'" in doc
+    assert "printf 'mongodb://api:%s@%s:27017/?directConnection=true&authSource=admin'" in doc
+    for store in ("redis", "mongodb"):
+        assert "get secret urna-%s -o jsonpath='{.data.api-password}'" % store in doc
+    assert ".data.password}" not in doc
+
+
 # The live check: the rendered rules, completed by the Redis pod's own init script, loaded
 # into a real redis-server; each user runs its commands on its keys (ACL DRYRUN) and is
 # refused the rest.

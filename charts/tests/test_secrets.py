@@ -117,3 +117,10 @@ def test_existing_secrets_are_used_and_nothing_is_generated():
         if extra:
             expected |= {("urna-monitoring", "my-redis", "api-password"), ("urna-monitoring", "my-mongodb", "api-password")}
         assert names == expected, sorted(names ^ expected)
+
+
+def test_the_rule_is_written_down_in_values_and_docs():
+    values = (chart.CHART / "values.yaml").read_text()
+    docs = (chart.REPO / "docs" / "deployment.md").read_text()
+    assert "existingSecret: \"\"" in values and "generate: false" in values
+    assert "existingSecret" in docs and "--set secrets.generate=true" in docs
