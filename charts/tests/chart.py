@@ -50,10 +50,14 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# The chart generates passwords only when asked (test_secrets.py); the other tests let it.
+GENERATE = ["--set", "secrets.generate=true"]
+
+
 def template(*extra):
     """The objects `helm template` renders, as dicts (empty documents dropped); with
     IMAGE_NAMESPACE unless `extra` sets another."""
-    out = helm("template", "urna", str(CHART), "--kube-version", KUBE_VERSION, *NAMESPACE, *extra).stdout
+    out = helm("template", "urna", str(CHART), "--kube-version", KUBE_VERSION, *NAMESPACE, *GENERATE, *extra).stdout
     return [d for d in yaml.load_all(out, Loader=StrictLoader) if d]
 
 

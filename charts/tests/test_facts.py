@@ -58,7 +58,7 @@ def test_consumer_without_autoscaling_renders_its_replicas():
     assert chart.one(objects, "Deployment", "urna-consumer")["spec"]["replicas"] == 2
     assert not chart.by_kind(objects, "HorizontalPodAutoscaler") and not chart.by_kind(objects, "ScaledObject")
     # KEDA is an autoscaler: asking for it without autoscaling is refused, not ignored.
-    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, *chart.NAMESPACE,
+    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, *chart.NAMESPACE, *chart.GENERATE,
                      "--set", "consumer.autoscaling.enabled=false", "--set", "consumer.keda.enabled=true", check=False)
     assert res.returncode == 1
     assert "consumer.keda.enabled needs consumer.autoscaling.enabled" in res.stderr, res.stderr
@@ -198,8 +198,10 @@ def test_mongodb_is_a_replica_set_the_consumer_connects_to_as_one(rendered):
 def test_secrets_share_one_value_across_namespaces(default_objects):
     values = {}
     for s in chart.by_kind(default_objects, "Secret"):
-        values.setdefault(s["metadata"]["name"], set()).add(s["data"]["password"] if "password" in s["data"] else None)
-    assert len(values["urna-redis"]) == 1 and len(values["urna-mongodb"]) == 1
+        for key, value in s["data"].items():
+            values.setdefault((s["metadata"]["name"], key), set()).add(value)
+    assert {k for k, v in values.items() if len(v) > 1} == set()
+    assert len([k for k in values if k[0] in ("urna-redis", "urna-mongodb")]) == 9
     namespaces = {s["metadata"]["namespace"] for s in chart.by_kind(default_objects, "Secret")
                   if s["metadata"]["name"] == "urna-redis"}
     assert namespaces == {"urna-data", "urna-process", "urna-monitoring", "urna-ingest"}

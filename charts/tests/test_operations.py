@@ -92,7 +92,8 @@ def test_dns_servers_outside_the_pods_are_a_value():
 
 def test_a_render_without_an_image_namespace_fails_with_the_reason():
     # Without it the pods would pull someone else's <registry>/urna/* images.
-    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, check=False)
+    res = chart.helm("template", "urna", str(chart.CHART), "--kube-version", chart.KUBE_VERSION, *chart.GENERATE,
+                     check=False)
     assert res.returncode == 1
     assert "global.image.namespace is required" in res.stderr, res.stderr
 

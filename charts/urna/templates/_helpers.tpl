@@ -75,31 +75,61 @@ urna-redis.{{ .Values.namespaces.data.name }}.svc.{{ .Values.global.clusterDomai
 {{ join "," $hosts }}
 {{- end }}
 
-{{/* Env entries that build URNA_REDIS_URL from the Secret in the pod's namespace
-     (Kubernetes expands $(VAR) from earlier entries). */}}
+{{/* The Secret of a store (redis, mongodb, grafana): secrets.<store>.existingSecret, or
+     the chart's urna-<store>; (dict "root" $ "store" "redis"). */}}
+{{- define "urna.secretName" -}}
+{{ (index .root.Values.secrets .store).existingSecret | default (printf "urna-%s" .store) }}
+{{- end }}
+
+{{/* Env entries that build URNA_REDIS_URL for one Redis ACL user from the Secret in the
+     pod's namespace (Kubernetes expands $(VAR) from earlier entries);
+     (dict "root" $ "user" "consumer"). */}}
 {{- define "urna.redisEnv" -}}
 - name: URNA_REDIS_PASSWORD
   valueFrom:
-    secretKeyRef: {name: urna-redis, key: password}
+    secretKeyRef: {name: {{ include "urna.secretName" (dict "root" .root "store" "redis") }}, key: {{ .user }}-password}
 - name: URNA_REDIS_URL
-  value: "redis://:$(URNA_REDIS_PASSWORD)@{{ include "urna.redisHost" . }}:6379"
+  value: "redis://{{ .user }}:$(URNA_REDIS_PASSWORD)@{{ include "urna.redisHost" .root }}:6379"
 {{- end }}
 
 {{/* The producers' idempotency store: the consumer's Redis, prefix and window (the
-     two sides must agree on both). */}}
+     two sides must agree on both); (dict "root" $ "user" "host"). */}}
 {{- define "urna.idempotencyEnv" -}}
 {{ include "urna.redisEnv" . }}
-{{ include "urna.envMap" (pick .Values.consumer.env "URNA_REDIS_PREFIX" "URNA_IDEMPOTENCY_WINDOW_SECS") }}
+{{ include "urna.envMap" (pick .root.Values.consumer.env "URNA_REDIS_PREFIX" "URNA_IDEMPOTENCY_WINDOW_SECS") }}
 {{- end }}
 
-{{/* URNA_REDIS_URL and URNA_MONGO_URL. */}}
+{{/* URNA_REDIS_URL and URNA_MONGO_URL of one service, as its own user of each (same
+     name in Redis and MongoDB); (dict "root" $ "user" "consumer"). */}}
 {{- define "urna.storeEnv" -}}
+{{- $root := .root -}}
 {{ include "urna.redisEnv" . }}
 - name: URNA_MONGO_PASSWORD
   valueFrom:
-    secretKeyRef: {name: urna-mongodb, key: password}
+    secretKeyRef: {name: {{ include "urna.secretName" (dict "root" $root "store" "mongodb") }}, key: {{ .user }}-password}
 - name: URNA_MONGO_URL
-  value: "mongodb://{{ .Values.mongodb.rootUser }}:$(URNA_MONGO_PASSWORD)@{{ include "urna.mongoHosts" . }}/?replicaSet={{ .Values.mongodb.replicaSetName }}&authSource=admin"
+  value: "mongodb://{{ .user }}:$(URNA_MONGO_PASSWORD)@{{ include "urna.mongoHosts" $root }}/?replicaSet={{ $root.Values.mongodb.replicaSetName }}&authSource=admin"
+{{- end }}
+
+{{/* The Redis ACL users, one `user` line each; the Redis pod's init container adds `on`
+     and each password's SHA-256 (from the Secret) to every user but default. Commands
+     and keys are what each service's code runs (charts/tests/test_access.py lists where). */}}
+{{- define "urna.redisAcl" -}}
+{{- $p := .Values.consumer.env.URNA_REDIS_PREFIX -}}
+{{- $connect := "+ping +client|setinfo" -}}
+{{- $scripts := "+evalsha +script|load" -}}
+# default: no password, PING only (the Redis pod's own probes); nothing else.
+user default on nopass resetkeys resetchannels -@all +ping
+# consumer: apply.lua / skip.lua (and the commands they call), its state, `reset`.
+user consumer resetkeys resetchannels ~{{ $p }}:* -@all {{ $connect }} {{ $scripts }} +hgetall +exists +del +unlink +scan +type +zscore +hmget +hget +get +hset +incrby +hincrby +zadd +zremrangebyscore
+# host: idempotency entries (BEGIN/SETTLE scripts, INFO gauges) and the function store.
+user host resetkeys resetchannels ~{{ $p }}:idempotency:request:* ~{{ $p }}:functions:* -@all {{ $connect }} {{ $scripts }} +info +time +get +set +del +sadd +incr +lpush +ltrim +smembers +lrange +hincrby +hgetall +hkeys +hdel
+# grpc (the client front): idempotency entries only.
+user grpc resetkeys resetchannels ~{{ $p }}:idempotency:request:* -@all {{ $connect }} {{ $scripts }} +info +time +get +set +del
+# api: reads the counters (one MULTI) and the function store.
+user api resetkeys resetchannels %R~{{ $p }}:* -@all {{ $connect }} +multi +exec +get +hgetall +smembers
+# grafana: the dashboard's GET/HGETALL and the data source's PING.
+user grafana resetkeys resetchannels %R~{{ $p }}:* -@all +ping +get +hgetall
 {{- end }}
 
 {{/* A map of URNA_* settings as env entries, in a stable order. */}}
