@@ -16,7 +16,7 @@ import chart
 # Images whose final stage runs as root, with the reason (reported, not hidden).
 ROOT_EXCEPTIONS = {
     "urna-web": "the official nginx image binds port 80 as root and drops its workers to "
-                "the nginx user; in the cluster the chart runs it as uid 101 on port 8000",
+                "the nginx user; in the cluster the chart runs it as uid 10001 on port 8000",
 }
 
 
@@ -95,7 +95,7 @@ def test_the_chart_deploys_the_images_that_are_built():
     assert used == built
 
 
-# --- the images' final stages and the chart's containers ----------------------------------
+# --- what each image's final stage runs, against the container the chart declares -------
 
 def global_args(text):
     """The ARGs before the first FROM, with their defaults."""
@@ -144,6 +144,24 @@ def final_config(image):
     return cfg
 
 
+# Variables that set a listening address (host:port), and PORT, which overrides
+# URNA_LISTEN's port in urna-api and is nginx's port in urna-web.
+LISTEN_VARS = ("URNA_LISTEN", "URNA_GRPC_LISTEN", "URNA_METRICS_LISTEN", "URNA_ADMIN_LISTEN")
+
+
+def listen_ports(env):
+    ports = {k: int(env[k].rsplit(":", 1)[1]) for k in LISTEN_VARS if env.get(k)}
+    if env.get("PORT"):
+        ports["URNA_LISTEN"] = int(env["PORT"])
+    return set(ports.values())
+
+
+# An image default the chart sets to another value on purpose, with the reason.
+ENV_OVERRIDES = {
+    ("urna-web", "PORT"): "nginx runs non-root in the cluster and cannot bind 80: 8000",
+}
+
+
 @functools.lru_cache(maxsize=None)
 def deployed_containers():
     """(image name, pod spec, container) for every urna container the chart renders, with
@@ -155,6 +173,51 @@ def deployed_containers():
             if "/urna/" in c["image"]:
                 found.append((c["image"].rsplit("/", 1)[1].split(":")[0].split("@")[0], spec, c))
     return found
+
+
+@pytest.mark.parametrize("image", images(), ids=lambda i: i["name"])
+def test_the_final_stage_runs_what_the_chart_container_expects(image):
+    cfg = final_config(image)
+    containers = [(spec, c) for name, spec, c in deployed_containers() if name == image["name"]]
+    assert containers, "%s: no container in the chart runs it" % image["name"]
+    problems = []
+    # The image's own defaults agree with each other: its listeners are what it EXPOSEs.
+    if listen_ports(cfg["env"]) != cfg["expose"]:
+        problems.append("image listens on %s (ENV) but EXPOSEs %s"
+                        % (sorted(listen_ports(cfg["env"])), sorted(cfg["expose"])))
+    if cfg["entrypoint"]:
+        if cfg["entrypoint"][0] not in cfg["copied"]:
+            problems.append("ENTRYPOINT %s is not a file the stage copies in" % cfg["entrypoint"][0])
+    for spec, c in containers:
+        where = "container %s" % c["name"]
+        # Binary: the chart leaves the image's ENTRYPOINT in place (or names the same one).
+        if "command" in c and (not cfg["entrypoint"] or c["command"][:1] != cfg["entrypoint"][:1]):
+            problems.append("%s: command %s replaces ENTRYPOINT %s" % (where, c["command"], cfg["entrypoint"]))
+        # Env: the chart's literal values over the image's defaults.
+        chart_env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+        env = {**cfg["env"], **chart_env}
+        for k in sorted(set(chart_env) & set(cfg["env"])):
+            if chart_env[k] != cfg["env"][k] and (image["name"], k) not in ENV_OVERRIDES:
+                problems.append("%s: %s=%s, the image's default is %s" % (where, k, chart_env[k], cfg["env"][k]))
+        # Ports: what the process listens on, given that env, is what the pod declares.
+        declared = {p["containerPort"] for p in c.get("ports", [])}
+        if listen_ports(env) != declared:
+            problems.append("%s: listens on %s but declares containerPorts %s"
+                            % (where, sorted(listen_ports(env)), sorted(declared)))
+        # User: the uid (and gid) the kubelet runs it as is the image's USER.
+        sc = {**spec.get("securityContext", {}), **c.get("securityContext", {})}
+        run_as = (sc.get("runAsUser"), sc.get("runAsGroup"))
+        if image["name"] in ROOT_EXCEPTIONS:
+            if not sc.get("runAsNonRoot") or not run_as[0]:
+                problems.append("%s: root in the image and not made non-root by the chart" % where)
+        else:
+            uid, _, gid = (cfg["user"] or "").partition(":")
+            if not uid.isdigit():
+                problems.append("USER %r is not numeric (runAsNonRoot cannot verify a name)" % cfg["user"])
+            elif (str(run_as[0]), str(run_as[1])) != (uid, gid or uid):
+                problems.append("%s: runs as %s:%s, the image's USER is %s"
+                                % (where, run_as[0], run_as[1], cfg["user"]))
+    assert not problems, "%s (%s):\n  %s" % (image["name"], image["dockerfile"], "\n  ".join(problems))
 
 
 # --- built for the nodes' architecture ----------------------------------------------------
