@@ -50,3 +50,14 @@ if [ "$(cat "$helm_root/helm.version" 2>/dev/null)" != "$helm_version" ] || [ ! 
   GOBIN="$PWD/$helm_root/bin" go install "helm.sh/helm/v3/cmd/helm@$helm_version"
   echo "$helm_version" > "$helm_root/helm.version"
 fi
+
+# checkov for the chart checks (charts/tests/test_checkov.py), in its own virtualenv: its
+# pins (packaging<24, boto3, ...) would break pytest and other tools in a shared one.
+checkov_venv=.cache/checkov-venv
+checkov_req=charts/tests/requirements-checkov.txt
+if ! cmp -s "$checkov_req" "$checkov_venv/requirements.txt" || [ ! -x "$checkov_venv/bin/checkov" ]; then
+  echo "bootstrap: installing checkov into $checkov_venv"
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q --disable-pip-version-check -r "$checkov_req"
+  cp "$checkov_req" "$checkov_venv/requirements.txt"
+fi

@@ -14,16 +14,26 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 
 {{/* An image reference: (dict "root" $ "image" .Values.host.image).
      urna images: <registry>/<namespace>/<repository>:<tag or global tag or appVersion>;
-     official third-party images (official: true) are <registry>/<repository>:<tag>. */}}
+     official third-party images (official: true) are <registry>/<repository>:<tag>.
+     An optional image.digest (sha256:…) is appended: the kubelet then pulls exactly
+     that image, whatever the tag points to now. */}}
 {{- define "urna.image" -}}
 {{- $g := .root.Values.global.image -}}
 {{- $tag := .image.tag | default $g.tag | default .root.Chart.AppVersion -}}
+{{- $ref := "" -}}
 {{- if .image.official -}}
-{{ printf "%s/%s:%s" $g.registry .image.repository $tag }}
+{{- $ref = printf "%s/%s:%s" $g.registry .image.repository $tag -}}
 {{- else -}}
 {{- $ns := required "global.image.namespace is required: the Docker Hub user or organisation the urna images were pushed to (make push DOCKERHUB_NAMESPACE=...); set it with --set global.image.namespace=$DOCKERHUB_NAMESPACE" $g.namespace -}}
-{{ printf "%s/%s/%s:%s" $g.registry $ns .image.repository $tag }}
+{{- $ref = printf "%s/%s/%s:%s" $g.registry $ns .image.repository $tag -}}
 {{- end -}}
+{{- with .image.digest -}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" .) -}}
+{{- fail (printf "image digest %q is not sha256:<64 hex digits>" .) -}}
+{{- end -}}
+{{- $ref = printf "%s@%s" $ref . -}}
+{{- end -}}
+{{ $ref }}
 {{- end }}
 
 {{/* Pod-level security: non-root, the runtime's default seccomp profile. */}}
